@@ -1,0 +1,66 @@
+"""electra-export: Hugging Face ELECTRA checkpoint -> model repository (see CONTRACT §1, §2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.errors import ExportError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="electra-export",
+        description="Export an ELECTRA checkpoint to fp32/fp16/int8 ONNX graphs with a parity gate against PyTorch.",
+    )
+    parser.add_argument("--model", help="Hugging Face model id or local checkpoint directory")
+    parser.add_argument("--output", required=True, type=Path, help="model repository directory to write into")
+    parser.add_argument("--name", help="model name in the repository (default: derived from --model)")
+    parser.add_argument("--task", default="auto", help="auto|discriminate|classify|qa|tag (default: auto)")
+    parser.add_argument("--precision", default="fp32,fp16", help="comma list of fp32,fp16,int8 (default: fp32,fp16)")
+    parser.add_argument("--max-seq-len", type=int, help="default: the model's max_position_embeddings")
+    parser.add_argument("--revision", help="hub revision (branch, tag or commit) for a model id")
+    parser.add_argument("--demo", action="store_true", help="write the four embedded demo models, offline")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.demo:
+            from export.demo import write_demo_repository
+
+            for manifest in write_demo_repository(args.output, quiet=args.quiet):
+                print(f"{manifest.name}: {manifest.task}, variants {', '.join(manifest.variants)}")
+            return 0
+        if not args.model:
+            raise ExportError("--model is required (or --demo)")
+        from export.exporter import export_checkpoint, parse_precisions
+
+        manifest, warnings = export_checkpoint(
+            args.model,
+            args.output,
+            name=args.name,
+            task=args.task,
+            precisions=parse_precisions(args.precision),
+            max_seq_len=args.max_seq_len,
+            revision=args.revision,
+            quiet=args.quiet,
+        )
+        for warning in warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        for precision, variant in manifest.variants.items():
+            print(
+                f"{manifest.name} {precision}: {variant.file} max_abs_error={variant.parity.max_abs_error:.3g} "
+                f"top1_agreement={variant.parity.top1_agreement:.4f}"
+            )
+        return 0
+    except ExportError as exc:
+        print(f"electra-export: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

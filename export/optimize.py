@@ -1,0 +1,48 @@
+"""onnxruntime transformer fusions (ELECTRA is BERT-shaped), fp16 conversion and int8 quantization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from onnxruntime.transformers.optimizer import optimize_model
+
+# The fusions ELECTRA should get with model_type "bert"; recorded per variant in the manifest.
+EXPECTED_FUSIONS = ("EmbedLayerNormalization", "Attention", "SkipLayerNormalization", "BiasGelu")
+
+
+def _fused(optimized) -> dict[str, int]:
+    stats = optimized.get_fused_operator_statistics()
+    return {op: int(n) for op, n in sorted(stats.items()) if n}
+
+
+def optimize(fp32_path: Path, out_path: Path, num_heads: int, hidden_size: int, fp16: bool) -> dict[str, int]:
+    """Fuse (provider-independent python fusions only: opt_level 0) and optionally convert to fp16.
+
+    fp16 keeps int64 inputs and float32 outputs (keep_io_types) so clients never see half floats.
+    """
+    optimized = optimize_model(
+        str(fp32_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+    )
+    fused = _fused(optimized)
+    if fp16:
+        optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(out_path))
+    return fused
+
+
+def quantize_int8(fp32_optimized_path: Path, out_path: Path) -> None:
+    """Dynamic int8 quantization of the weights (the CPU variant); activations quantized at run time."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # Shape inference cannot type the outputs of contrib ops (EmbedLayerNormalization, Attention):
+    # they are float tensors. The "run pre-processing first" advice targets static quantization.
+    logging.getLogger().setLevel(logging.ERROR)
+    quantize_dynamic(
+        str(fp32_optimized_path),
+        str(out_path),
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
