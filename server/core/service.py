@@ -1,0 +1,269 @@
+"""The one entry point both APIs call: `service.run(task, model, inputs, parameters, ...)`.
+
+Protocol-free: it knows models, tasks, the batcher and the runtime, never HTTP or gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from server.core.batcher import DynamicBatcher
+from server.core.errors import ErrorKind, ServeError
+from server.core.manifest import Manifest, list_models
+from server.core.runtime import OnnxModelRuntime, RuntimeOptions, select_device, select_precision, warmup_buckets
+from server.core.tasks import TASKS, TaskHandler
+from server.core.tokenizer import TokenizerPool
+from server.metrics import Metrics
+from server.settings import Settings
+
+log = logging.getLogger("electra.service")
+
+
+@dataclass(slots=True)
+class Timings:
+    tokenization_s: float = 0.0
+    queue_s: float = 0.0
+    inference_s: float = 0.0
+    total_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Result:
+    value: Any
+    model: str
+    task: str
+    timings: Timings = field(default_factory=Timings)
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    path: Path
+    task: TaskHandler
+    tokenizers: TokenizerPool
+    runtime: OnnxModelRuntime
+    batcher: DynamicBatcher
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def describe(self) -> dict[str, Any]:
+        variant = self.manifest.variants[self.runtime.precision]
+        return {
+            "name": self.name,
+            "task": self.manifest.task,
+            "labels": self.manifest.labels,
+            "precision": self.runtime.precision,
+            "device": self.runtime.device,
+            "providers": self.runtime.providers,
+            "max_seq_len": self.manifest.max_seq_len,
+            "problem_type": self.manifest.problem_type,
+            "parity": variant.parity.model_dump(),
+            "source": self.manifest.source.model_dump(),
+            "ready": self.batcher.healthy,
+        }
+
+
+class InferenceService:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.models: dict[str, LoadedModel] = {}
+        self.loaded = False
+        self.draining = False
+        self.load_error: str | None = None
+        self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def load(self, repository: Path) -> None:
+        """Load, warm up and start every model; readiness follows only after all of them."""
+        try:
+            await asyncio.to_thread(self._load_all, Path(repository))
+            for model in self.models.values():
+                model.batcher.start()
+                self.metrics.model_ready.labels(model.name).set(1)
+            self.loaded = True
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("loading models failed: %s", exc)
+            raise
+
+    def _load_all(self, repository: Path) -> None:
+        available = {p.name: p for p in list_models(repository)}
+        wanted = self.settings.model_names() or sorted(available)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ServeError(ErrorKind.NOT_FOUND, f"models not in {repository}: {', '.join(missing)}")
+        if not wanted:
+            raise ServeError(ErrorKind.NOT_FOUND, f"no models in {repository}")
+        device = select_device(self.settings.device)
+        inflight = self.settings.inflight_batches(device)
+        options = RuntimeOptions(
+            intra_op_threads=self.settings.intra_op_threads,
+            cpu_sessions=inflight if device == "cpu" else 1,
+            tensorrt=self.settings.tensorrt,
+            max_batch_size=self.settings.max_batch_size,
+        )
+        for name in wanted:
+            path = available[name]
+            manifest = Manifest.read(path)
+            precision = select_precision(self.settings.precision, device, manifest)
+            runtime = OnnxModelRuntime(path, manifest, device, precision, options)
+            runtime.warmup(
+                warmup_buckets(
+                    device, self.settings.max_batch_size, manifest.max_seq_len, self.settings.max_batch_tokens
+                )
+            )
+            tokenizers = TokenizerPool.from_file(path / manifest.tokenizer)
+            batcher = DynamicBatcher(
+                runtime.run,
+                pad_token_id=tokenizers.pad_token_id,
+                max_batch_size=self.settings.max_batch_size,
+                max_batch_tokens=self.settings.max_batch_tokens,
+                max_queue_delay_ms=self.settings.max_queue_delay_ms,
+                max_queue_size=self.settings.max_queue_size,
+                max_inflight_batches=inflight,
+                sequence_outputs=runtime.sequence_outputs,
+                observer=self.metrics.observer(name),
+                name=name,
+            )
+            self.models[name] = LoadedModel(manifest, path, TASKS[manifest.task], tokenizers, runtime, batcher)
+            log.info("model %s ready: %s, %s on %s", name, manifest.task, precision, device)
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining and all(m.batcher.healthy for m in self.models.values())
+
+    def model_ready(self, name: str) -> bool:
+        model = self.models.get(name)
+        return bool(model and self.loaded and not self.draining and model.batcher.healthy)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new work, answer every accepted request, then stop the batchers."""
+        self.draining = True
+        for model in self.models.values():
+            self.metrics.model_ready.labels(model.name).set(0)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("drain timeout: %d requests still running", self._inflight)
+        for model in self.models.values():
+            await model.batcher.stop(drain_timeout_s=max(0.1, timeout_s))
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def resolve(self, task: str | None, model: str | None) -> LoadedModel:
+        """The model a request names, or the only loaded model of its task."""
+        if model is not None:
+            if not isinstance(model, str):
+                raise ServeError(ErrorKind.BAD_REQUEST, "model must be a string")
+            found = self.models.get(model)
+            if found is None:
+                raise ServeError(ErrorKind.NOT_FOUND, f"model '{model}' is not loaded")
+            if task is not None and found.manifest.task != task:
+                raise ServeError(ErrorKind.BAD_REQUEST, f"model '{model}' serves {found.manifest.task}, not {task}")
+            return found
+        candidates = [m for m in self.models.values() if m.manifest.task == task]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise ServeError(ErrorKind.NOT_FOUND, f"no loaded model serves {task}")
+        names = ", ".join(sorted(m.name for m in candidates))
+        raise ServeError(ErrorKind.BAD_REQUEST, f"several models serve {task} ({names}): name one with 'model'")
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise ServeError(ErrorKind.UNAVAILABLE, "server is shutting down", retry_after_s=1.0)
+        if not self.loaded:
+            raise ServeError(ErrorKind.UNAVAILABLE, "models are still loading", retry_after_s=1.0)
+
+    async def run(
+        self,
+        task: str | None,
+        model: str | None,
+        inputs: Any,
+        parameters: dict[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> Result:
+        """Validate, tokenize, batch, run and decode one request. Raises ServeError."""
+        self._admit()
+        loaded = self.resolve(task, model)
+        items, params, is_list = loaded.task.parse(inputs, parameters, loaded.manifest)
+        values, timings = await self._infer(loaded, items, params, deadline)
+        return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings)
+
+    async def run_items(
+        self, model: str, items: list[Any], deadline: float | None = None
+    ) -> tuple[LoadedModel, list[Any], Timings]:
+        """Already-parsed items with the task's default parameters (KServe v2 tensors carry none)."""
+        self._admit()
+        loaded = self.resolve(None, model)
+        params = loaded.task.default_params(loaded.manifest)
+        values, timings = await self._infer(loaded, items, params, deadline)
+        return loaded, values, timings
+
+    def check_size(self, n_items: int) -> None:
+        if n_items > self.settings.max_inputs_per_request:
+            raise ServeError(
+                ErrorKind.TOO_LARGE,
+                f"{n_items} inputs in one request; at most {self.settings.max_inputs_per_request} are allowed",
+            )
+
+    async def _infer(
+        self, loaded: LoadedModel, items: list[Any], params: Any, deadline: float | None
+    ) -> tuple[list[Any], Timings]:
+        self.check_size(len(items))
+        started = time.perf_counter()
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+        self._inflight += 1
+        self._idle.clear()
+        try:
+            loop = asyncio.get_running_loop()
+            encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, loaded, items, params)
+            tokenized = time.perf_counter()
+            rows = [row for item in encoded for row in item.rows]
+            if len(rows) > self.settings.max_queue_size:
+                raise ServeError(
+                    ErrorKind.TOO_LARGE,
+                    f"this request needs {len(rows)} model rows; "
+                    f"the queue holds at most {self.settings.max_queue_size}",
+                )
+            submitted = await loaded.batcher.submit(rows, deadline)
+            outputs = submitted.outputs
+            values = []
+            offset = 0
+            for item in encoded:
+                n = len(item.rows)
+                values.append(loaded.task.decode(item, outputs[offset : offset + n], params, loaded.manifest))
+                offset += n
+            finished = time.perf_counter()
+            timings = Timings(
+                tokenization_s=tokenized - started,
+                queue_s=submitted.queue_seconds,
+                inference_s=submitted.inference_seconds,
+                total_s=finished - started,
+            )
+            self.metrics.tokenization_duration.labels(loaded.name).observe(timings.tokenization_s)
+            self.metrics.queue_duration.labels(loaded.name).observe(timings.queue_s)
+            return values, timings
+        finally:
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
+
+    @staticmethod
+    def _encode(loaded: LoadedModel, items: list[Any], params: Any) -> list[Any]:
+        return loaded.task.encode(loaded.tokenizers.get(), items, params, loaded.manifest)
