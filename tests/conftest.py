@@ -67,3 +67,13 @@ def demo_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repository = tmp_path_factory.mktemp("demo-repository")
     write_demo_repository(repository, quiet=True)
     return repository
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_single_thread() -> None:
+    """Tiny reference models run ~30x faster on one thread than fighting the server for two cores."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

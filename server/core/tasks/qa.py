@@ -1,0 +1,268 @@
+"""Extractive question answering with the semantics of transformers' `question-answering` pipeline.
+
+Parameters and defaults are the pipeline's (transformers 4.57, fast-tokenizer path):
+
+- `top_k` (1): answers to return. As in the pipeline the result is one `{"score", "start",
+  "end", "answer"}` object when exactly one answer remains, else a list of them (best first).
+- `max_seq_len` (min(384, the model's max_seq_len)): tokens per window, question included.
+  Values above the model's maximum are refused.
+- `doc_stride` (min(max_seq_len // 2, 128)): tokens of context shared by consecutive windows.
+  A context that does not fit beside the question is split into such windows (question first,
+  `only_second` truncation with overflow), never cut.
+- `max_answer_len` (15): longest answer, in tokens.
+- `max_question_len` (64): accepted and ignored, exactly like the pipeline's fast-tokenizer path
+  (only its slow-tokenizer path truncates questions). A question so long that a window holds
+  no more than `doc_stride` context tokens beside it is refused (422) when the context needs
+  more than one window: the pipeline's tokenizer fails (or panics) there too.
+- `handle_impossible_answer` (false): also rank the empty answer, scored with the smallest,
+  over windows, of p_start([CLS]) * p_end([CLS]).
+- `align_to_words` (true): widen spans to whole words.
+
+Windows are scored independently (softmax within each window, [CLS] and context tokens only)
+and the pipeline's merge is kept: answers with the same text, compared case-insensitively, are
+one answer whose score is the sum, at the first position found.
+
+Beyond the pipeline, `null_score_diff_threshold` (number, default null = off) applies the
+SQuAD 2.0 rule for unanswerable questions. With null = start_logits[CLS] + end_logits[CLS],
+taken as the minimum over windows as the official SQuAD v2 scripts do, and best = the highest
+start_logit + end_logit of any span the pipeline could return (context tokens, in order, at
+most `max_answer_len`) over all windows: when null - best > threshold, the first answer is
+`{"score": <the null probability above>, "start": 0, "end": 0, "answer": ""}`, followed by the
+best non-empty answers up to `top_k`; otherwise only non-empty answers are returned. When set,
+the threshold alone decides about the empty answer, whatever `handle_impossible_answer` says.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from tokenizers import Encoding, Tokenizer
+
+from server.core.errors import bad_request, invalid
+from server.core.manifest import Manifest
+from server.core.rows import Row, RowOutputs
+from server.core.tasks.base import Encoded, TaskHandler
+from server.core.tasks.common import bool_param, float_param, int_param, parameters_dict, type_name
+from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
+
+PARAMETERS = (
+    "top_k",
+    "doc_stride",
+    "max_answer_len",
+    "max_seq_len",
+    "max_question_len",
+    "handle_impossible_answer",
+    "align_to_words",
+    "null_score_diff_threshold",
+)
+DEFAULT_MAX_SEQ_LEN = 384
+DEFAULT_MAX_DOC_STRIDE = 128
+# [CLS] question [SEP] context [SEP] with one token each: anything shorter cannot hold an answer.
+MIN_SEQ_LEN = 5
+CLS_TOKEN = "[CLS]"
+
+# One item: (question, context).
+Item = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class QaParams:
+    top_k: int = 1
+    doc_stride: int = DEFAULT_MAX_DOC_STRIDE
+    max_answer_len: int = 15
+    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
+    max_question_len: int = 64
+    handle_impossible_answer: bool = False
+    align_to_words: bool = True
+    null_score_diff_threshold: float | None = None
+
+
+@dataclass(slots=True)
+class QaState:
+    """What decode needs of one item: the context and, per window, its encoding and p_mask."""
+
+    context: str
+    windows: list[Encoding]
+    p_masks: list[np.ndarray]  # bool [L]: True where a token cannot be part of an answer
+
+
+def _text(item: dict[str, Any], key: str, where: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise invalid(f"{where}.{key} must be a string, got {type_name(value)}")
+    if not value:
+        # The pipeline refuses empty questions and contexts alike.
+        raise invalid(f"{where}.{key} must not be empty")
+    return value
+
+
+def _item(value: Any, where: str) -> Item:
+    if not isinstance(value, dict):
+        raise invalid(f"{where} must be an object {{question, context}}, got {type_name(value)}")
+    unknown = sorted(str(k) for k in value if k not in ("question", "context"))
+    if unknown:
+        raise invalid(f"{where} has unknown key(s) {', '.join(unknown)}; expected question and context")
+    return _text(value, "question", where), _text(value, "context", where)
+
+
+def parse_params(parameters: Any, manifest: Manifest) -> QaParams:
+    # null means "the default" for every parameter, as the pipeline's None does.
+    given = {k: v for k, v in parameters_dict(parameters, PARAMETERS).items() if v is not None}
+
+    def integer(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
+        return default if name not in given else int_param(name, given[name], minimum=minimum, maximum=maximum)
+
+    def boolean(name: str, default: bool) -> bool:
+        return default if name not in given else bool_param(name, given[name])
+
+    max_seq_len = integer(
+        "max_seq_len", min(DEFAULT_MAX_SEQ_LEN, manifest.max_seq_len), MIN_SEQ_LEN, manifest.max_seq_len
+    )
+    doc_stride = integer("doc_stride", min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE), 0)
+    if doc_stride > max_seq_len:
+        raise bad_request(f"parameter doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
+    threshold = given.get("null_score_diff_threshold")
+    return QaParams(
+        top_k=integer("top_k", 1, 1),
+        doc_stride=doc_stride,
+        max_answer_len=integer("max_answer_len", 15, 1),
+        max_seq_len=max_seq_len,
+        max_question_len=integer("max_question_len", 64, 1),
+        handle_impossible_answer=boolean("handle_impossible_answer", False),
+        align_to_words=boolean("align_to_words", True),
+        null_score_diff_threshold=(
+            None
+            if threshold is None
+            else float_param("null_score_diff_threshold", threshold, minimum=-math.inf, maximum=math.inf)
+        ),
+    )
+
+
+def _check_room(tokenizer: Tokenizer, items: list[Item], params: QaParams) -> None:
+    """Refuse, with a clear message, the items whose windows could not advance.
+
+    Each window holds max_seq_len - specials - question tokens of context; consecutive windows
+    share doc_stride of them. When that room is not larger than doc_stride and the context
+    does not fit in one window, the Rust tokenizer fails (or panics): say why instead."""
+    specials = tokenizer.num_special_tokens_to_add(True)
+    tokenizer.no_truncation()
+    questions = tokenizer.encode_batch([q for q, _ in items], add_special_tokens=False)
+    rooms = [params.max_seq_len - specials - len(q) for q in questions]
+    tight = [i for i, room in enumerate(rooms) if room <= params.doc_stride]
+    if not tight:
+        return
+    contexts = tokenizer.encode_batch([items[i][1] for i in tight], add_special_tokens=False)
+    for i, context in zip(tight, contexts, strict=True):
+        if len(context) <= rooms[i]:
+            continue  # fits in one window: nothing to stride over
+        where = "input" if len(items) == 1 else f"inputs[{i}]"
+        raise invalid(
+            f"{where}.question is {len(questions[i])} tokens long, which leaves {max(rooms[i], 0)} "
+            f"tokens for the context in a window of max_seq_len={params.max_seq_len} "
+            f"({specials} special tokens), not more than doc_stride={params.doc_stride}, so the "
+            "context cannot be split into windows; shorten the question, raise max_seq_len or "
+            "lower doc_stride"
+        )
+
+
+def _p_mask(encoding: Encoding, cls_id: int | None) -> np.ndarray:
+    # Only context tokens (sequence 1) may answer, plus every [CLS]: the pipeline keeps them
+    # for models that point there for "no answer".
+    mask = np.array([sequence != 1 for sequence in encoding.sequence_ids], dtype=bool)
+    if cls_id is not None:
+        mask[np.asarray(encoding.ids) == cls_id] = False
+    return mask
+
+
+def _row(encoding: Encoding) -> Row:
+    return Row(
+        input_ids=np.asarray(encoding.ids, dtype=np.int64),
+        token_type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
+    )
+
+
+class QaTask(TaskHandler):
+    task: ClassVar[str] = "qa"
+
+    def parse(
+        self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
+    ) -> tuple[list[Item], QaParams, bool]:
+        if isinstance(inputs, list):
+            if not inputs:
+                raise invalid("inputs must not be an empty list")
+            items, is_list = [_item(v, f"inputs[{i}]") for i, v in enumerate(inputs)], True
+        else:
+            items, is_list = [_item(inputs, "inputs")], False
+        return items, parse_params(parameters, manifest), is_list
+
+    def default_params(self, manifest: Manifest) -> QaParams:
+        # The base class parses `[""]`, which is no QA input.
+        return parse_params(None, manifest)
+
+    def encode(self, tokenizer: Tokenizer, items: list[Item], params: QaParams, manifest: Manifest) -> list[Encoded]:
+        tokenizer.no_padding()
+        single_specials = tokenizer.num_special_tokens_to_add(False)
+        if params.doc_stride > params.max_seq_len - single_specials:
+            # The tokenizer's own rule (the pipeline fails on it too).
+            raise bad_request(
+                f"parameter doc_stride ({params.doc_stride}) must be at most max_seq_len minus "
+                f"{single_specials} special tokens ({params.max_seq_len - single_specials})"
+            )
+        _check_room(tokenizer, items, params)
+        tokenizer.enable_truncation(
+            max_length=params.max_seq_len, stride=params.doc_stride, strategy="only_second", direction="right"
+        )
+        cls_id = tokenizer.token_to_id(CLS_TOKEN)
+        encoded: list[Encoded] = []
+        for (_, context), encoding in zip(items, tokenizer.encode_batch(list(items)), strict=True):
+            # The first window, then the overflow in order: the pipeline's features.
+            windows = [encoding, *encoding.overflowing]
+            state = QaState(context=context, windows=windows, p_masks=[_p_mask(w, cls_id) for w in windows])
+            encoded.append(Encoded(rows=[_row(w) for w in windows], state=state))
+        return encoded
+
+    def decode(self, encoded: Encoded, outputs: list[RowOutputs], params: QaParams, manifest: Manifest) -> Any:
+        state: QaState = encoded.state
+        threshold = params.null_score_diff_threshold
+        # Aligning to words merges some candidates, so the pipeline looks further down the list.
+        pre_topk = params.top_k * 2 + 10 if params.align_to_words else params.top_k
+        min_null_score: float = NO_NULL_SCORE
+        null_logit, best_logit = math.inf, -math.inf
+        answers: list[dict[str, Any]] = []
+        by_text: dict[str, dict[str, Any]] = {}  # lower-cased text -> its (first) answer
+
+        for window, p_mask, output in zip(state.windows, state.p_masks, outputs, strict=True):
+            start = np.asarray(output["start_logits"], dtype=np.float32).reshape(1, -1)
+            end = np.asarray(output["end_logits"], dtype=np.float32).reshape(1, -1)
+            starts, ends, scores, min_null_score = select_starts_ends(
+                start, end, p_mask[None, :], min_null_score, pre_topk, params.max_answer_len
+            )
+            for s, e, score in zip(starts, ends, scores, strict=True):
+                char_start, char_end = char_span(window, int(s), int(e), params.align_to_words)
+                text = state.context[char_start:char_end]
+                same = by_text.get(text.lower())
+                if same is not None:
+                    same["score"] += score.item()
+                else:
+                    answer = {"score": score.item(), "start": char_start, "end": char_end, "answer": text}
+                    answers.append(answer)
+                    by_text[text.lower()] = answer
+            if threshold is not None:
+                null_logit = min(null_logit, float(start[0, 0]) + float(end[0, 0]))
+                best_logit = max(best_logit, best_span_logit(start[0], end[0], ~p_mask, params.max_answer_len))
+
+        null_answer = {"score": min_null_score, "start": 0, "end": 0, "answer": ""}
+        if threshold is None:
+            if params.handle_impossible_answer:
+                answers.append(null_answer)
+            # sorted() is stable: equal scores keep the order found, the null answer last.
+            ranked = sorted(answers, key=lambda a: a["score"], reverse=True)
+        else:
+            ranked = sorted(answers, key=lambda a: a["score"], reverse=True)
+            if null_logit - best_logit > threshold:
+                ranked.insert(0, null_answer)
+        ranked = ranked[: params.top_k]
+        return ranked[0] if len(ranked) == 1 else ranked
