@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,18 @@ from typing import Any
 from server.core.batcher import DynamicBatcher
 from server.core.errors import ErrorKind, ServeError
 from server.core.manifest import Manifest, list_models
+from server.core.rows import RowOutputs
 from server.core.runtime import OnnxModelRuntime, RuntimeOptions, select_device, select_precision, warmup_buckets
 from server.core.tasks import TASKS, TaskHandler
+from server.core.tasks.base import Encoded
 from server.core.tokenizer import TokenizerPool
 from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger("electra.service")
+
+# A task's decode: (encoded item, its row outputs, params, manifest) -> result.
+DecodeFn = Callable[[Encoded, list[RowOutputs], Any, Manifest], Any]
 
 
 @dataclass(slots=True)
@@ -152,6 +158,8 @@ class InferenceService:
     async def drain(self, timeout_s: float) -> None:
         """Refuse new work, answer every accepted request, then stop the batchers."""
         self.draining = True
+        # One budget for the whole drain: the pod's grace period is sized on it.
+        deadline = time.monotonic() + timeout_s
         for model in self.models.values():
             self.metrics.model_ready.labels(model.name).set(0)
         try:
@@ -159,7 +167,7 @@ class InferenceService:
         except TimeoutError:
             log.warning("drain timeout: %d requests still running", self._inflight)
         for model in self.models.values():
-            await model.batcher.stop(drain_timeout_s=max(0.1, timeout_s))
+            await model.batcher.stop(drain_timeout_s=max(0.1, deadline - time.monotonic()))
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- requests -------------------------------------------------------------------------------
@@ -205,13 +213,17 @@ class InferenceService:
         return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings)
 
     async def run_items(
-        self, model: str, items: list[Any], deadline: float | None = None
+        self, model: str, items: list[Any], deadline: float | None = None, decode: DecodeFn | None = None
     ) -> tuple[LoadedModel, list[Any], Timings]:
-        """Already-parsed items with the task's default parameters (KServe v2 tensors carry none)."""
+        """Already-parsed items with the task's default parameters (KServe v2 tensors carry none).
+
+        decode: replaces the task's decode for each item (same arguments); the KServe v2 front end
+        uses it to return raw logits beside the decoded result.
+        """
         self._admit()
         loaded = self.resolve(None, model)
         params = loaded.task.default_params(loaded.manifest)
-        values, timings = await self._infer(loaded, items, params, deadline)
+        values, timings = await self._infer(loaded, items, params, deadline, decode)
         return loaded, values, timings
 
     def check_size(self, n_items: int) -> None:
@@ -222,7 +234,7 @@ class InferenceService:
             )
 
     async def _infer(
-        self, loaded: LoadedModel, items: list[Any], params: Any, deadline: float | None
+        self, loaded: LoadedModel, items: list[Any], params: Any, deadline: float | None, decode: DecodeFn | None = None
     ) -> tuple[list[Any], Timings]:
         self.check_size(len(items))
         started = time.perf_counter()
@@ -242,12 +254,13 @@ class InferenceService:
                     f"the queue holds at most {self.settings.max_queue_size}",
                 )
             submitted = await loaded.batcher.submit(rows, deadline)
+            decode_item = decode or loaded.task.decode
             outputs = submitted.outputs
             values = []
             offset = 0
             for item in encoded:
                 n = len(item.rows)
-                values.append(loaded.task.decode(item, outputs[offset : offset + n], params, loaded.manifest))
+                values.append(decode_item(item, outputs[offset : offset + n], params, loaded.manifest))
                 offset += n
             finished = time.perf_counter()
             timings = Timings(
