@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,7 @@ class InferenceService:
         """Load, warm up and start every model; readiness follows only after all of them."""
         try:
             await asyncio.to_thread(self._load_all, Path(repository))
+            await asyncio.to_thread(self._warm_tokenizers)
             for model in self.models.values():
                 model.batcher.start()
                 self.metrics.model_ready.labels(model.name).set(1)
@@ -146,6 +148,21 @@ class InferenceService:
             )
             self.models[name] = LoadedModel(manifest, path, TASKS[manifest.task], tokenizers, runtime, batcher)
             log.info("model %s ready: %s, %s on %s", name, manifest.task, precision, device)
+
+    def _warm_tokenizers(self) -> None:
+        """Give every tokenizer thread its own copy of every model's tokenizer before the first request
+        (parsing a 30k-entry tokenizer.json costs tens of milliseconds)."""
+        threads = self.settings.tokenizer_threads
+        # The barrier holds each task on its thread until all have started: one task per thread.
+        barrier = threading.Barrier(threads)
+
+        def warm() -> None:
+            for model in self.models.values():
+                model.tokenizers.get()
+            barrier.wait(timeout=60)
+
+        for future in [self._tokenize_pool.submit(warm) for _ in range(threads)]:
+            future.result()
 
     @property
     def ready(self) -> bool:
