@@ -74,7 +74,7 @@ def deadline_of(request: Request) -> float | None:
         timeout_ms = float(raw)
     except ValueError as exc:
         raise ServeError(ErrorKind.BAD_REQUEST, f"{TIMEOUT_HEADER} must be a number of milliseconds") from exc
-    if timeout_ms <= 0:
+    if not timeout_ms > 0:  # also refuses NaN, which would otherwise expire at once (504)
         raise ServeError(ErrorKind.BAD_REQUEST, f"{TIMEOUT_HEADER} must be positive")
     return time.monotonic() + timeout_ms / 1000
 

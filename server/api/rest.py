@@ -43,6 +43,8 @@ async def answer(
         model_label, task_label = result.model, result.task
         response = json_response(shape(result), headers=timing_headers(result.timings, result.model))
     except ServeError as error:
+        if error.model in service.models:
+            model_label, task_label = error.model, service.models[error.model].manifest.task
         response = error_response(error)
     finally:
         service.metrics.inflight.labels(protocol).dec()

@@ -38,6 +38,7 @@ class ServeError(Exception):
         self.kind = kind
         self.message = message
         self.retry_after_s = retry_after_s
+        self.model: str | None = None  # set once the request's model is known, for per-model error metrics
 
     def __repr__(self) -> str:
         return f"ServeError({self.kind.name}, {self.message!r})"

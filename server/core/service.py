@@ -225,8 +225,12 @@ class InferenceService:
         """Validate, tokenize, batch, run and decode one request. Raises ServeError."""
         self._admit()
         loaded = self.resolve(task, model)
-        items, params, is_list = loaded.task.parse(inputs, parameters, loaded.manifest)
-        values, timings = await self._infer(loaded, items, params, deadline)
+        try:
+            items, params, is_list = loaded.task.parse(inputs, parameters, loaded.manifest)
+            values, timings = await self._infer(loaded, items, params, deadline)
+        except ServeError as error:
+            error.model = loaded.name
+            raise
         return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings)
 
     async def run_items(

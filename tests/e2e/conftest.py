@@ -108,12 +108,13 @@ def served_repository(
     }
     for name, model_dir in extra.items():
         # The manifest's name is the exported one; serve under the directory's name via a copy of
-        # the manifest with the new name (ONNX files are linked, not copied).
+        # the manifest with the new name (ONNX files are hard-linked, not copied).
         target = repository / name
         target.mkdir()
         for item in model_dir.iterdir():
             if item.name != "manifest.json":
-                (target / item.name).symlink_to(item)
+                # Hard links: the runtime refuses model files that resolve outside their directory.
+                os.link(item, target / item.name)
         manifest = json.loads((model_dir / "manifest.json").read_text())
         manifest["name"] = name
         (target / "manifest.json").write_text(json.dumps(manifest))
