@@ -263,11 +263,18 @@ def test_reexport_replaces_a_model_atomically(make_checkpoint, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
-def test_demo_repository_is_byte_identical(demo_repository, tmp_path):
+def test_demo_repository_is_byte_identical_and_served_by_default(demo_repository, tmp_path, monkeypatch):
+    """`electra-serve` with no arguments generates the demo repository on first use (through the
+    `electra-export --demo` CLI in a child process) and serves it; the files equal the fixture's byte for byte."""
+    from server.demo_repository import ensure_demo_repository
+    from tests.e2e.conftest import ServerProcess, free_port
+
     names = sorted(p.name for p in list_models(demo_repository))
     assert names == ["demo-classify", "demo-discriminator", "demo-qa", "demo-tag"]
-    result = _cli("--demo", "--quiet", "--output", str(tmp_path))
-    assert result.returncode == 0, result.stderr
+    monkeypatch.setenv("ELECTRA_CACHE_DIR", str(tmp_path / "cache"))
+    generated = ensure_demo_repository()
+    assert generated.parent == tmp_path / "cache"
+    assert ensure_demo_repository() == generated  # second use: the cache, no regeneration
 
     def digests(root: Path) -> dict[str, str]:
         return {
@@ -276,10 +283,30 @@ def test_demo_repository_is_byte_identical(demo_repository, tmp_path):
             if p.is_file()
         }
 
-    assert digests(demo_repository) == digests(tmp_path)
+    assert digests(demo_repository) == digests(generated)
     manifest = Manifest.read(demo_repository / "demo-tag")
     assert manifest.labels == ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
     assert Manifest.read(demo_repository / "demo-classify").labels == ["NEGATIVE", "POSITIVE"]
+
+    http_port, grpc_port = free_port(), free_port()
+    log_path = tmp_path / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "ELECTRA_CACHE_DIR": str(tmp_path / "cache")},
+        )
+    handle = ServerProcess(process, http_port, grpc_port, generated, log_path)
+    try:
+        handle.wait_ready()
+        import httpx
+
+        models = httpx.get(f"{handle.url}/v1/models", timeout=10).json()["models"]
+        assert sorted(m["name"] for m in models) == names
+        assert handle.url.startswith("http://127.0.0.1:")
+    finally:
+        assert handle.stop() == 0, handle.log()[-2000:]
 
 
 def test_serving_path_imports_no_torch():
