@@ -1,0 +1,134 @@
+"""Per-model cumulative statistics in Triton's shape (ModelStatistics, /v2/models/{name}/stats).
+
+perf_analyzer reads them before and after each measurement and stops when they fail. Fed by the
+protocols that call `record_success` / `record_failure` (KServe v2 over HTTP and gRPC, and the
+typed gRPC service); `execution_count` comes from the batcher's own metric, so it counts every
+model run whatever protocol asked for it. Stage times map as: compute_input = tokenization,
+queue = waiting in the batcher, compute_infer = the model runs, compute_output = decoding.
+`batch_stats` are keyed by the request's row count: the batcher mixes rows of many requests, so
+a request has no model batch of its own.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.core.service import InferenceService, Timings
+
+NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += max(0, round(seconds * NS))
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass(slots=True)
+class BatchCounters:
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+
+
+@dataclass(slots=True)
+class ModelCounters:
+    success: Duration = field(default_factory=Duration)
+    fail: Duration = field(default_factory=Duration)
+    queue: Duration = field(default_factory=Duration)
+    compute_input: Duration = field(default_factory=Duration)
+    compute_infer: Duration = field(default_factory=Duration)
+    compute_output: Duration = field(default_factory=Duration)
+    inference_count: int = 0
+    last_inference_ms: int = 0
+    batches: dict[int, BatchCounters] = field(default_factory=dict)
+
+
+def _stages(timings: Timings) -> tuple[float, float, float]:
+    # Tokenization is Triton's compute_input; whatever is left after queue and model is decoding.
+    output = timings.total_s - timings.tokenization_s - timings.queue_s - timings.inference_s
+    return timings.tokenization_s, timings.inference_s, max(0.0, output)
+
+
+class ModelStats:
+    def __init__(self, service: InferenceService) -> None:
+        self._service = service
+        self._models: dict[str, ModelCounters] = {}
+
+    def _of(self, model: str) -> ModelCounters:
+        return self._models.setdefault(model, ModelCounters())
+
+    def record_success(self, model: str, batch_size: int, timings: Timings) -> None:
+        counters = self._of(model)
+        compute_input, compute_infer, compute_output = _stages(timings)
+        counters.success.add(timings.total_s)
+        counters.queue.add(timings.queue_s)
+        counters.compute_input.add(compute_input)
+        counters.compute_infer.add(compute_infer)
+        counters.compute_output.add(compute_output)
+        counters.inference_count += batch_size
+        counters.last_inference_ms = int(time.time() * 1000)
+        batch = counters.batches.setdefault(batch_size, BatchCounters())
+        batch.compute_input.add(compute_input)
+        batch.compute_infer.add(compute_infer)
+        batch.compute_output.add(compute_output)
+
+    def record_failure(self, model: str, seconds: float) -> None:
+        if model in self._service.models:  # unknown names must not grow the table
+            self._of(model).fail.add(seconds)
+
+    def _executions(self, model: str) -> int:
+        count = self._service.metrics.registry.get_sample_value("electra_batch_size_count", {"model": model})
+        return int(count or 0)
+
+    def model_stats(self, model: str, version: str) -> dict[str, Any]:
+        """One model's statistics as Triton's JSON (and, field for field, its protobuf message)."""
+        c = self._models.get(model) or ModelCounters()
+        return {
+            "name": model,
+            "version": version,
+            "last_inference": c.last_inference_ms,
+            "inference_count": c.inference_count,
+            "execution_count": self._executions(model),
+            "inference_stats": {
+                "success": c.success.as_dict(),
+                "fail": c.fail.as_dict(),
+                "queue": c.queue.as_dict(),
+                "compute_input": c.compute_input.as_dict(),
+                "compute_infer": c.compute_infer.as_dict(),
+                "compute_output": c.compute_output.as_dict(),
+                "cache_hit": Duration().as_dict(),
+                "cache_miss": Duration().as_dict(),
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": b.compute_input.as_dict(),
+                    "compute_infer": b.compute_infer.as_dict(),
+                    "compute_output": b.compute_output.as_dict(),
+                }
+                for size, b in sorted(c.batches.items())
+            ],
+            "memory_usage": [],
+        }
+
+
+_BY_SERVICE: weakref.WeakKeyDictionary[InferenceService, ModelStats] = weakref.WeakKeyDictionary()
+
+
+def stats_of(service: InferenceService) -> ModelStats:
+    """The one statistics table of a service (shared by every protocol of the server)."""
+    stats = _BY_SERVICE.get(service)
+    if stats is None:
+        stats = _BY_SERVICE[service] = ModelStats(service)
+    return stats

@@ -1,0 +1,234 @@
+"""KServe v2 / Open Inference Protocol over HTTP (CONTRACT §3), with the binary tensor data
+extension and the Triton routes perf_analyzer needs (config, stats). Thin: requests are
+translated to the v2 data plane and back.
+
+Binary extension: a request body may be a JSON header of `Inference-Header-Content-Length`
+bytes followed by the raw data of each input whose `parameters.binary_data_size` is set, in
+input order. Outputs are returned raw (same framing) when the request sets
+`parameters.binary_data_output` or an output's `parameters.binary_data`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from server.api import v2_tensors as t
+from server.api.http_common import deadline_of, error_response, json_response, timing_headers, until_disconnect
+from server.api.v2_dataplane import MODEL_VERSION, PROTOCOL, InferOutcome, V2Dataplane
+from server.core.errors import ErrorKind, ServeError
+from server.core.service import InferenceService
+
+HEADER_LENGTH = "inference-header-content-length"
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise ServeError(ErrorKind.TOO_LARGE, f"request body of {declared} bytes exceeds {max_bytes}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise ServeError(ErrorKind.TOO_LARGE, f"request body exceeds {max_bytes} bytes")
+    return bytes(body)
+
+
+def _object(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise t.bad(f"{what} must be a JSON object")
+    return value
+
+
+def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any], memoryview]:
+    """(JSON header, binary tail) of an infer request body."""
+    if header_length is None:
+        size = len(body)
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise t.bad(f"Inference-Header-Content-Length {header_length!r} does not fit a body of {len(body)} bytes")
+        size = int(header_length)
+    try:
+        header = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        raise t.bad(f"inference request header is not valid JSON: {exc}") from exc
+    return _object(header, "the inference request"), memoryview(body)[size:]
+
+
+def parse_inputs(header: dict[str, Any], binary: memoryview) -> list[t.InputTensor]:
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise t.bad("'inputs' must be a non-empty list of tensors")
+    tensors, offset = [], 0
+    for i, entry in enumerate(inputs):
+        entry = _object(entry, f"inputs[{i}]")
+        name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
+            raise t.bad(f"inputs[{i}] needs 'name', 'datatype' and 'shape'")
+        size = _object(entry.get("parameters"), f"input '{name}' parameters").get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+                raise t.bad(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
+            tensors.append(t.from_raw(name, datatype, shape, binary[offset : offset + size]))
+            offset += size
+        elif "data" in entry:
+            tensors.append(t.from_json(name, datatype, shape, entry["data"]))
+        else:
+            raise t.bad(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise t.bad(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return tensors
+
+
+def parse_outputs(header: dict[str, Any]) -> tuple[list[str] | None, dict[str, bool]]:
+    """(requested output names or None for all, name -> binary wanted)."""
+    default_binary = _object(header.get("parameters"), "parameters").get("binary_data_output", False)
+    if not isinstance(default_binary, bool):
+        raise t.bad("parameters.binary_data_output must be a boolean")
+    outputs = header.get("outputs")
+    if outputs is None:
+        return None, {"*": default_binary}
+    if not isinstance(outputs, list):
+        raise t.bad("'outputs' must be a list")
+    names, binary = [], {"*": default_binary}
+    for i, entry in enumerate(outputs):
+        entry = _object(entry, f"outputs[{i}]")
+        name = entry.get("name")
+        if not isinstance(name, str):
+            raise t.bad(f"outputs[{i}] needs a 'name'")
+        parameters = _object(entry.get("parameters"), f"output '{name}' parameters")
+        if parameters.get("classification"):
+            raise t.bad(f"output '{name}': the classification extension is not supported; read RESULT instead")
+        wanted = parameters.get("binary_data", default_binary)
+        if not isinstance(wanted, bool):
+            raise t.bad(f"output '{name}': parameters.binary_data must be a boolean")
+        names.append(name)
+        binary[name] = wanted
+    return names, binary
+
+
+def timeout_deadline(header: dict[str, Any], request: Request) -> float | None:
+    """The earlier of the x-request-timeout-ms header and Triton's `timeout` parameter (microseconds)."""
+    deadline = deadline_of(request)
+    timeout_us = _object(header.get("parameters"), "parameters").get("timeout")
+    if timeout_us is None:
+        return deadline
+    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
+        raise t.bad("parameters.timeout must be a positive number of microseconds")
+    mine = time.monotonic() + timeout_us / 1_000_000
+    return mine if deadline is None else min(deadline, mine)
+
+
+def infer_response(outcome: InferOutcome, request_id: Any, binary: dict[str, bool]) -> Response:
+    described, tail = [], []
+    for output in outcome.outputs:
+        entry: dict[str, Any] = {"name": output.name, "datatype": output.datatype, "shape": output.shape}
+        if binary.get(output.name, binary["*"]):
+            raw = output.raw()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            tail.append(raw)
+        else:
+            entry["data"] = output.json_data()
+        described.append(entry)
+    body: dict[str, Any] = {"model_name": outcome.model.name, "model_version": MODEL_VERSION, "outputs": described}
+    if isinstance(request_id, str) and request_id:
+        body["id"] = request_id
+    header = orjson.dumps(body)
+    headers = timing_headers(outcome.timings, outcome.model.name)
+    if not tail:
+        return Response(header, 200, headers, media_type="application/json")
+    headers["Inference-Header-Content-Length"] = str(len(header))
+    return Response(b"".join([header, *tail]), 200, headers, media_type="application/octet-stream")
+
+
+def build_router(service: InferenceService) -> APIRouter:
+    router = APIRouter(tags=["kserve-v2"])
+    plane = V2Dataplane(service)
+
+    def answer(build: Any) -> Response:
+        try:
+            return json_response(build())
+        except ServeError as error:
+            return error_response(error)
+
+    @router.get("/v2", summary="Server metadata (name, version, extensions)")
+    async def server_metadata() -> Response:
+        return json_response(plane.server_metadata())
+
+    @router.get("/v2/health/live")
+    async def live() -> Response:
+        return json_response({"live": True})
+
+    @router.get("/v2/health/ready")
+    async def ready() -> Response:
+        return json_response({"ready": service.ready}, 200 if service.ready else 503)
+
+    @router.get("/v2/models/stats", summary="Statistics of every model")
+    async def all_stats() -> Response:
+        return answer(plane.statistics)
+
+    @router.post("/v2/repository/index", summary="Models and their state")
+    async def repository_index(request: Request) -> Response:
+        body = await read_body(request, service.settings.max_request_bytes)
+        try:
+            ready_only = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
+        except (orjson.JSONDecodeError, AttributeError):
+            return error_response(t.bad("the repository index request must be a JSON object"))
+        return json_response(plane.repository_index(ready_only))
+
+    for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        _model_routes(router, service, plane, prefix, answer)
+    return router
+
+
+def _model_routes(router: APIRouter, service: InferenceService, plane: V2Dataplane, prefix: str, answer: Any) -> None:
+    @router.get(prefix, summary="Model metadata (tensors)")
+    async def model_metadata(name: str, version: str = "") -> Response:
+        return answer(lambda: plane.model_metadata(name, version))
+
+    @router.get(f"{prefix}/ready")
+    async def model_ready(name: str, version: str = "") -> Response:
+        try:
+            is_ready = plane.model_ready(name, version)
+        except ServeError as error:
+            return error_response(error)
+        return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+    @router.get(f"{prefix}/config", summary="Triton model configuration")
+    async def model_config(name: str, version: str = "") -> Response:
+        return answer(lambda: plane.model_config(name, version))
+
+    @router.get(f"{prefix}/stats", summary="Triton model statistics")
+    async def model_stats(name: str, version: str = "") -> Response:
+        return answer(lambda: plane.statistics(name, version))
+
+    @router.post(f"{prefix}/infer", summary="Inference over BYTES tensors (JSON or binary)")
+    async def infer(name: str, request: Request, version: str = "") -> Response:
+        started = time.perf_counter()
+        model_label = name if name in service.models else "unknown"
+        task_label = service.models[name].manifest.task if name in service.models else "unknown"
+        service.metrics.inflight.labels(PROTOCOL).inc()
+        try:
+            if request.headers.get("content-encoding", "identity").lower() != "identity":
+                raise t.bad("compressed request bodies are not supported")
+            body = await read_body(request, service.settings.max_request_bytes)
+            header, binary = split_request(body, request.headers.get(HEADER_LENGTH))
+            tensors = parse_inputs(header, binary)
+            names, binary_outputs = parse_outputs(header)
+            deadline = timeout_deadline(header, request)
+            outcome = await until_disconnect(request, plane.infer(name, version, tensors, names, deadline))
+            response = infer_response(outcome, header.get("id"), binary_outputs)
+        except ServeError as error:
+            response = error_response(error)
+        finally:
+            service.metrics.inflight.labels(PROTOCOL).dec()
+        service.metrics.observe_request(
+            model_label, task_label, PROTOCOL, response.status_code, time.perf_counter() - started
+        )
+        return response
