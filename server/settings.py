@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16", "int8"] = Field("auto", description="auto: fp16 on CUDA, fp32 on CPU")
     tensorrt: bool = Field(False, description="opt in to onnxruntime's TensorRT execution provider on CUDA")
 
-    max_batch_size: int = Field(32, ge=1, description="most rows in one model run")
-    max_batch_tokens: int = Field(8192, ge=1, description="most padded tokens (rows x longest row) in one model run")
+    max_batch_size: int = Field(32, ge=1, description="most rows in one model run (unset on CPU: 8)")
+    max_batch_tokens: int = Field(
+        8192, ge=1, description="most padded tokens (rows x longest row) in one model run (unset on CPU: 2048)"
+    )
     max_queue_delay_ms: float = Field(2.0, ge=0, description="longest wait for more rows before a batch is cut")
     max_queue_size: int = Field(2048, ge=1, description="most queued rows per model; beyond it requests get 429")
     max_inflight_batches: int = Field(0, ge=0, description="batches running at once per model (0: 1 on CUDA, 2 on CPU)")

@@ -96,6 +96,7 @@ class DynamicBatcher:
         max_queue_size: int = 1024,
         max_inflight_batches: int = 1,
         sort_window: int | None = None,
+        max_padding_ratio: float | None = None,
         sequence_outputs: Collection[str] | None = None,
         observer: BatchObserver | None = None,
         executor: ThreadPoolExecutor | None = None,
@@ -104,6 +105,10 @@ class DynamicBatcher:
         """
         sort_window: how many queued rows (oldest first) are length-grouped together; None: four
           batches' worth; 0: strict FIFO.
+        max_padding_ratio: a batch stops growing before its padding (padded tokens / all tokens)
+          would pass this; None: no limit. On a CPU a padded token costs as much as a real one
+          and batching gains little, so a few rows of close lengths beat many of mixed lengths;
+          on a GPU bigger batches pay for some padding.
         sequence_outputs: outputs with a sequence axis 1, cut back to each row's length (the
           runtime's `sequence_outputs`). None: guessed as "axis 1 equals the padded length", which
           is ambiguous for a classifier whose label count equals a batch's padded length.
@@ -128,6 +133,9 @@ class DynamicBatcher:
         self.max_inflight_batches = max_inflight_batches
         if sort_window is None:
             sort_window = 4 * max_batch_size
+        if max_padding_ratio is not None and not 0 <= max_padding_ratio < 1:
+            raise ValueError(f"max_padding_ratio must be within [0, 1), got {max_padding_ratio}")
+        self.max_padding_ratio = max_padding_ratio
         self._fifo = sort_window == 0
         self._window_size = max_batch_size if self._fifo else max(sort_window, max_batch_size)
         self._sequence_outputs = None if sequence_outputs is None else frozenset(sequence_outputs)
@@ -350,15 +358,21 @@ class DynamicBatcher:
     def _select(self, window: list[_Entry]) -> tuple[list[_Entry], bool]:
         """Rows for the next batch (always including the oldest) and whether a limit was reached."""
         max_rows, max_tokens = self.max_batch_size, self.max_batch_tokens
+        # Padding limit as a bound on padded tokens: rows x longest <= real / (1 - ratio).
+        slack = None if self.max_padding_ratio is None else 1.0 / (1.0 - self.max_padding_ratio)
         if self._fifo:
             chosen: list[_Entry] = []
-            longest = 0
+            longest = real = 0
             for entry in window:
                 longest_if = max(longest, entry.length)
-                if chosen and (len(chosen) + 1) * longest_if > max_tokens:
-                    return chosen, True
+                padded_if = (len(chosen) + 1) * longest_if
+                if chosen and (
+                    padded_if > max_tokens or (slack is not None and padded_if > slack * (real + entry.length))
+                ):
+                    return chosen, padded_if > max_tokens
                 chosen.append(entry)
                 longest = longest_if
+                real += entry.length
                 if len(chosen) == max_rows:
                     return chosen, True
             return chosen, False
@@ -368,27 +382,35 @@ class DynamicBatcher:
         # together, and rows far from this batch's length stay for a batch of their own.
         order = sorted(window, key=lambda e: e.length)  # stable: the oldest comes first among equals
         lo = hi = order.index(window[0])
-        shortest = longest = window[0].length
+        shortest = longest = real = window[0].length
         while hi - lo + 1 < max_rows:
             count = hi - lo + 2
             candidates = []
             if lo > 0:
-                candidates.append((shortest - order[lo - 1].length, 0, longest))
+                left = order[lo - 1].length
+                candidates.append((shortest - left, 0, longest, left))
             if hi + 1 < len(order):
                 right = order[hi + 1].length
-                candidates.append((right - longest, 1, right))
+                candidates.append((right - longest, 1, right, right))
             if not candidates:
                 return order[lo : hi + 1], False
-            for _, side, longest_if in sorted(candidates):
-                if count * longest_if <= max_tokens:
-                    if side == 0:
-                        lo -= 1
-                        shortest = order[lo].length
-                    else:
-                        hi += 1
-                        longest = longest_if
-                    break
+            for _, side, longest_if, length in sorted(candidates):
+                if count * longest_if > max_tokens:
+                    continue
+                if slack is not None and count * longest_if > slack * (real + length):
+                    continue
+                if side == 0:
+                    lo -= 1
+                    shortest = length
+                else:
+                    hi += 1
+                    longest = longest_if
+                real += length
+                break
             else:
+                # Held back by padding, the batch is as good as the queue allows: cut it now (and
+                # stage it while every thread is busy) rather than idle a thread for rows that
+                # would rarely fit better.
                 return order[lo : hi + 1], True
         return order[lo : hi + 1], True
 

@@ -6,10 +6,12 @@ GPU-only code (driver probe, provider options, IO binding) lives in `server.core
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
 import queue
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -88,6 +90,26 @@ def select_precision(precision: str, device: Device, manifest: Manifest) -> Prec
     return precision  # type: ignore[return-value]
 
 
+def limit_heap_retention(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
+    """Keep glibc from holding on to freed model activations (Linux only; True when applied).
+
+    With onnxruntime's arena off, each run mallocs its activations and frees them. glibc raises
+    its mmap threshold after every large free (up to 32 MB), so later activations land in
+    per-thread heaps that are never given back: with four demo models the server grew from 350
+    to 750 MB after a burst of long batches. A fixed 1 MB threshold sends large buffers to mmap
+    (returned on free) at no measurable cost in speed (128 KB cost about 10%); two arenas bound
+    what the smaller allocations can strand.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl): nothing to tune
+        return False
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, mmap_threshold)) and bool(libc.mallopt(m_arena_max, arenas))
+
+
 def sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -149,6 +171,11 @@ class RuntimeOptions:
     # CPU: several sessions let that many batches run at once, each on its own thread pool
     # (cores split between them when intra_op_threads is 0).
     cpu_sessions: int = 1
+    # CPU: batches run at once on each session. onnxruntime's Run is reentrant, and with one
+    # intra-op thread a run computes on its caller's thread, so two runs on one session use two
+    # cores as two sessions would, with one copy of the weights instead of two (measured on the
+    # demo classifier: same throughput, 60 MB less per model).
+    runs_per_session: int = 1
     cuda_device_id: int = 0
     tensorrt: bool = False
     trt_cache_dir: Path | None = None
@@ -185,8 +212,9 @@ class OnnxModelRuntime:
             cuda.preload_dlls()
         self._sessions = [self._create_session() for _ in range(self._session_count())]
         self._pool: queue.SimpleQueue[ort.InferenceSession] = queue.SimpleQueue()
-        for session in self._sessions:
-            self._pool.put(session)
+        for _ in range(self._runs_per_session()):
+            for session in self._sessions:
+                self._pool.put(session)
         self._input_names = [i.name for i in self._sessions[0].get_inputs()]
         unknown = [n for n in self._input_names if n not in INPUT_NAMES]
         outputs = {o.name for o in self._sessions[0].get_outputs()}
@@ -257,6 +285,9 @@ class OnnxModelRuntime:
     def _session_count(self) -> int:
         return max(1, self.options.cpu_sessions) if self.device == "cpu" else 1
 
+    def _runs_per_session(self) -> int:
+        return max(1, self.options.runs_per_session) if self.device == "cpu" else 1
+
     def _session_options(self) -> ort.SessionOptions:
         opts = self.options
         so = ort.SessionOptions()
@@ -264,9 +295,9 @@ class OnnxModelRuntime:
         so.enable_cpu_mem_arena = opts.enable_cpu_mem_arena
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         intra = opts.intra_op_threads
-        sessions = self._session_count()
-        if intra == 0 and sessions > 1:
-            intra = max(1, (os.cpu_count() or 1) // sessions)
+        concurrent = self._session_count() * self._runs_per_session()
+        if intra == 0 and concurrent > 1:
+            intra = max(1, (os.cpu_count() or 1) // concurrent)
         so.intra_op_num_threads = intra
         so.inter_op_num_threads = opts.inter_op_threads
         if opts.allow_spinning is not None:

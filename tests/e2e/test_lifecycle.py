@@ -146,7 +146,9 @@ async def test_env_twins_configure_the_server(env_server: tuple[ServerProcess, O
 def slow_server(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Holds a partial batch for 10 s: queued work stays queued long enough to watch."""
     log_path = tmp_path_factory.mktemp("slow-server") / "server.log"
+    # A batch limit above the 20 rows queued below, so the partial batch waits out the delay.
     handle = start_server(demo_repository, log_path, "--models", MODEL, "--max-queue-delay-ms", "10000",
+                          "--max-batch-size", "64", "--max-batch-tokens", "8192",
                           "--drain-timeout-s", "2")  # fmt: skip
     try:
         handle.wait_ready()
@@ -159,7 +161,8 @@ def test_client_disconnect_drops_queued_work(slow_server: ServerProcess) -> None
     url = slow_server.url
     cancelled = metric(url, "electra_dropped_total", model=MODEL, reason="cancelled")
     runs = metric(url, "electra_batch_size_count", model=MODEL)
-    body = orjson.dumps({"inputs": [f"queued text number {i}" for i in range(20)]})
+    # Rows of one length: no padding limit cuts them early.
+    body = orjson.dumps({"inputs": ["queued text number seven"] * 20})
     request = (
         f"POST /v1/classify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"

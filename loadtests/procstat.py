@@ -1,0 +1,79 @@
+"""CPU and memory of processes, read from /proc (Linux): what the server and the load generator
+cost, and how busy the rest of the machine was meanwhile (this host is shared: the noise is
+measured, not guessed)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads; waited-for children excluded)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the ")" of comm: state is field 3, utime field 14, stime field 15 (1-based in proc(5)).
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def rss_bytes(pid: int) -> int:
+    return _status_kb(pid, "VmRSS") * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    return _status_kb(pid, "VmHWM") * 1024
+
+
+def _status_kb(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy CPU seconds, total CPU seconds) of the whole machine since boot, from /proc/stat."""
+    first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in first[:8]]  # user nice system idle iowait irq softirq steal
+    idle = values[3] + values[4]
+    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUse:
+    wall_s: float
+    server_cores: float  # CPU seconds / wall seconds
+    client_cores: float
+    other_cores: float  # everything else on the machine: other processes (this host is shared)
+
+
+class CpuMeter:
+    """Measures the server's, the client's and everyone else's CPU over one load run."""
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self._start: tuple[float, float, float] | None = None
+
+    def start(self) -> None:
+        self._start = (time.monotonic(), self._server(), machine_busy_seconds()[0])
+
+    def stop(self, client_cpu_s: float) -> CpuUse:
+        if self._start is None:
+            raise RuntimeError("CpuMeter.stop before start")
+        t0, s0, b0 = self._start
+        wall = max(1e-9, time.monotonic() - t0)
+        server = self._server() - s0
+        busy = machine_busy_seconds()[0] - b0
+        other = max(0.0, busy - server - client_cpu_s)
+        return CpuUse(wall, server / wall, client_cpu_s / wall, other / wall)
+
+    def _server(self) -> float:
+        if self.server_pid is None:
+            return 0.0
+        try:
+            return cpu_seconds(self.server_pid)
+        except OSError:
+            return 0.0
