@@ -200,6 +200,27 @@ async def test_length_sorting_cuts_padding_versus_fifo() -> None:
     assert totals["sorted"] == 4 * 4 * 4 + 4 * 4 * 60  # short rows together, long rows together
 
 
+@pytest.mark.parametrize("window", [None, 0], ids=["sorted", "fifo"])
+async def test_padding_limit_keeps_mixed_lengths_apart(window: int | None) -> None:
+    """With max_padding_ratio a batch stops growing before its padding passes the limit, in
+    both selection modes, and every row still gets its own result."""
+    fake = FakeRuntime()
+    async with running(fake, max_batch_size=8, max_padding_ratio=0.1, sort_window=window) as batcher:
+        lengths = [10, 40, 11, 41, 10, 40, 12, 39]
+        requests = [[row(n)] for n in lengths]
+        results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for r, res in zip(requests, results, strict=True):
+        check(r, res)
+    for _, mask, _ in fake.batches:
+        assert 1 - mask.sum() / mask.size <= 0.1 + 1e-9, fake.shapes
+    assert sum(b for b, _ in fake.shapes) == len(lengths)
+
+
+async def test_padding_limit_is_validated() -> None:
+    with pytest.raises(ValueError, match="max_padding_ratio"):
+        DynamicBatcher(FakeRuntime(), max_padding_ratio=1.0)
+
+
 async def test_oldest_row_is_never_starved_by_shorter_ones() -> None:
     fake = FakeRuntime()
     async with running(fake, max_batch_size=4, max_batch_tokens=120) as batcher:

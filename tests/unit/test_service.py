@@ -320,3 +320,14 @@ async def test_load_fails_clearly_on_a_missing_model(export_model: Callable[...,
     error = await expect(ErrorKind.NOT_FOUND, service.load(model_dir.parent))
     assert "absent-model" in str(error) and service.load_error and not service.ready
     await service.drain(1)
+
+
+def test_cpu_batch_defaults_apply_only_to_limits_the_user_left_unset() -> None:
+    from server.core.service import CPU_BATCH_DEFAULTS, batch_limits
+    from server.settings import Settings
+
+    cpu_defaults = (CPU_BATCH_DEFAULTS["max_batch_size"], CPU_BATCH_DEFAULTS["max_batch_tokens"])
+    assert batch_limits(Settings(), "cpu") == cpu_defaults
+    assert batch_limits(Settings(), "cuda") == (32, 8192)
+    assert batch_limits(Settings(max_batch_size=24), "cpu") == (24, CPU_BATCH_DEFAULTS["max_batch_tokens"])
+    assert batch_limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu") == (24, 4096)
