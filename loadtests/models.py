@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from export.demo import DEMO_SHAPE
+
 LABELS = ["NEGATIVE", "POSITIVE"]
 SEED = 2  # demo-classify's seed: the `demo` checkpoint has exactly demo-classify's weights
 
@@ -33,15 +35,7 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 512,
         "initializer_range": 0.02,
     },
-    "small": {
-        "embedding_size": 128,
-        "hidden_size": 256,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 4,
-        "intermediate_size": 1024,
-        "max_position_embeddings": 512,
-        "initializer_range": 0.02,
-    },
+    "small": DEMO_SHAPE,  # the demo models' shape (google/electra-small-discriminator's)
     "large": {
         "embedding_size": 1024,
         "hidden_size": 1024,
@@ -60,8 +54,6 @@ def model_name(shape: str) -> str:
 
 def shape_of(shape: str) -> dict[str, Any]:
     if shape == "demo":
-        from export.demo import DEMO_SHAPE
-
         return dict(DEMO_SHAPE)
     return dict(SHAPES[shape])
 

@@ -40,7 +40,8 @@ def timing_headers(timings: Timings, model: str) -> dict[str, str]:
     }
 
 
-async def read_json(request: Request, max_bytes: int) -> Any:
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 as soon as it (or its declared length) passes max_bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ServeError(ErrorKind.TOO_LARGE, f"request body of {declared} bytes exceeds {max_bytes}")
@@ -49,6 +50,11 @@ async def read_json(request: Request, max_bytes: int) -> Any:
         body += chunk
         if len(body) > max_bytes:
             raise ServeError(ErrorKind.TOO_LARGE, f"request body exceeds {max_bytes} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, max_bytes: int) -> Any:
+    body = await read_body(request, max_bytes)
     if not body:
         raise ServeError(ErrorKind.BAD_REQUEST, "request body is empty: send a JSON object")
     try:

@@ -18,24 +18,19 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api import v2_tensors as t
-from server.api.http_common import deadline_of, error_response, json_response, timing_headers, until_disconnect
+from server.api.http_common import (
+    deadline_of,
+    error_response,
+    json_response,
+    read_body,
+    timing_headers,
+    until_disconnect,
+)
 from server.api.v2_dataplane import MODEL_VERSION, PROTOCOL, InferOutcome, V2Dataplane
-from server.core.errors import ErrorKind, ServeError
+from server.core.errors import ServeError
 from server.core.service import InferenceService
 
 HEADER_LENGTH = "inference-header-content-length"
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise ServeError(ErrorKind.TOO_LARGE, f"request body of {declared} bytes exceeds {max_bytes}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise ServeError(ErrorKind.TOO_LARGE, f"request body exceeds {max_bytes} bytes")
-    return bytes(body)
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
