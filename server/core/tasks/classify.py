@@ -16,6 +16,7 @@ from server.core.tasks.common import (
     bool_param,
     choice_param,
     int_param,
+    item_inputs,
     label_names,
     parameters_dict,
     row_of,
@@ -69,12 +70,7 @@ class ClassifyTask(TaskHandler):
     def parse(
         self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
     ) -> tuple[list[Item], ClassifyParams, bool]:
-        if isinstance(inputs, list):
-            if not inputs:
-                raise invalid("inputs must not be an empty list")
-            items, is_list = [_item(v, f"inputs[{i}]") for i, v in enumerate(inputs)], True
-        else:
-            items, is_list = [_item(inputs, "inputs")], False
+        items, is_list = item_inputs(inputs, _item)
 
         given = parameters_dict(parameters, PARAMETERS)
         top_k = given.get("top_k", 1)

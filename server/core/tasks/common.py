@@ -8,14 +8,16 @@ Convention: a malformed `inputs` is 422 (errors.invalid), a malformed `parameter
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from server.core.errors import bad_request, invalid
 from server.core.rows import Row
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------- request validation
 
@@ -58,6 +60,15 @@ def text_inputs(inputs: Any) -> tuple[list[str], bool]:
                 raise invalid(f"inputs[{i}] must be a string, got {type_name(item)}")
         return list(inputs), True
     raise invalid(f"inputs must be a string or a list of strings, got {type_name(inputs)}")
+
+
+def item_inputs(inputs: Any, parse_item: Callable[[Any, str], T]) -> tuple[list[T], bool]:
+    """`inputs` as one item or a non-empty list of items, each checked by `parse_item(value, where)`."""
+    if isinstance(inputs, list):
+        if not inputs:
+            raise invalid("inputs must not be an empty list")
+        return [parse_item(v, f"inputs[{i}]") for i, v in enumerate(inputs)], True
+    return [parse_item(inputs, "inputs")], False
 
 
 def int_param(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:

@@ -45,7 +45,14 @@ from server.core.errors import bad_request, invalid
 from server.core.manifest import Manifest
 from server.core.rows import Row, RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import bool_param, float_param, int_param, parameters_dict, type_name
+from server.core.tasks.common import (
+    bool_param,
+    float_param,
+    int_param,
+    item_inputs,
+    parameters_dict,
+    type_name,
+)
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
 
 PARAMETERS = (
@@ -190,12 +197,7 @@ class QaTask(TaskHandler):
     def parse(
         self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
     ) -> tuple[list[Item], QaParams, bool]:
-        if isinstance(inputs, list):
-            if not inputs:
-                raise invalid("inputs must not be an empty list")
-            items, is_list = [_item(v, f"inputs[{i}]") for i, v in enumerate(inputs)], True
-        else:
-            items, is_list = [_item(inputs, "inputs")], False
+        items, is_list = item_inputs(inputs, _item)
         return items, parse_params(parameters, manifest), is_list
 
     def default_params(self, manifest: Manifest) -> QaParams:
