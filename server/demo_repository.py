@@ -20,6 +20,10 @@ from server.core.manifest import list_models
 
 log = logging.getLogger("electra.demo")
 
+# Bumped when the export's output format changes within a release (2: weights as external data),
+# so that a cache written by an older build is regenerated rather than served.
+DEMO_LAYOUT = 2
+
 
 def cache_dir() -> Path:
     root = os.environ.get("ELECTRA_CACHE_DIR") or os.path.join(
@@ -36,7 +40,7 @@ def _version() -> str:
 
 
 def ensure_demo_repository() -> Path:
-    target = cache_dir() / f"demo-repository-{_version()}"
+    target = cache_dir() / f"demo-repository-{_version()}-layout{DEMO_LAYOUT}"
     if len(list_models(target)) == 4:
         return target
     if find_spec("torch") is None or find_spec("optimum") is None:

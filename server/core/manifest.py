@@ -43,6 +43,11 @@ class Variant(BaseModel):
     sha256: str
     parity: Parity
     size_bytes: int = 0
+    # The weights as ONNX external data beside the graph (memory-mapped by onnxruntime); None when
+    # the graph file holds them itself (exports before 0.2, or hand-made repositories).
+    data_file: str | None = None
+    data_sha256: str | None = None
+    data_size_bytes: int = 0
     fused_ops: dict[str, int] = Field(default_factory=dict)
 
 

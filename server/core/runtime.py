@@ -266,19 +266,24 @@ class OnnxModelRuntime:
     # -- loading ---------------------------------------------------------------------------
 
     def _checked_file(self, model_dir: Path) -> Path:
-        path = (model_dir / self.variant.file).resolve()
+        """The variant's graph path, after checking it (and its external weights, if any) against the manifest."""
+        graph = self._verified(model_dir, self.variant.file, self.variant.sha256, "variant file")
+        if self.variant.data_file:
+            self._verified(model_dir, self.variant.data_file, self.variant.data_sha256, "weights file")
+        return graph
+
+    def _verified(self, model_dir: Path, name: str, sha256: str | None, what: str) -> Path:
+        path = (model_dir / name).resolve()
         if not path.is_relative_to(model_dir.resolve()):
-            raise ModelLoadError(
-                f"manifest of {self.manifest.name!r} names a file outside its directory: {self.variant.file}"
-            )
+            raise ModelLoadError(f"manifest of {self.manifest.name!r} names a file outside its directory: {name}")
         if not path.is_file():
-            raise ModelLoadError(f"model {self.manifest.name!r}: {self.precision} variant file {path} is missing")
-        if self.options.verify_sha256:
+            raise ModelLoadError(f"model {self.manifest.name!r}: {self.precision} {what} {path} is missing")
+        if self.options.verify_sha256 and sha256:
             actual = sha256_of(path)
-            if actual != self.variant.sha256.lower():
+            if actual != sha256.lower():
                 raise ModelLoadError(
                     f"model {self.manifest.name!r}: {path.name} is corrupt or was replaced: sha256 {actual} "
-                    f"does not match the manifest's {self.variant.sha256}"
+                    f"does not match the manifest's {sha256}"
                 )
         return path
 

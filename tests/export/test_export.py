@@ -103,6 +103,12 @@ def test_export_matches_pytorch_on_unseen_inputs(task, kwargs, export_model, mak
     for variant in manifest.variants.values():
         path = model_dir / variant.file
         assert hashlib.sha256(path.read_bytes()).hexdigest() == variant.sha256
+        # The weights ship as external data beside the graph (memory-mapped at load), hashed too.
+        data = model_dir / variant.data_file
+        assert data.name == f"{variant.file}.data"
+        assert hashlib.sha256(data.read_bytes()).hexdigest() == variant.data_sha256
+        assert variant.data_size_bytes == data.stat().st_size > 50 * path.stat().st_size
+        assert data.stat().st_mode & 0o777 == path.stat().st_mode & 0o777  # readable as the graph is
         assert variant.parity.probes > 20
         assert {"EmbedLayerNormalization", "Attention", "SkipLayerNormalization"} <= set(variant.fused_ops)
     assert manifest.variants["fp32"].parity.max_abs_error <= parity.FP32_MAX_ABS_ERROR
@@ -144,6 +150,7 @@ def test_fp16_keeps_int64_inputs_and_float32_outputs(export_model):
     for tensor in session.get_inputs():
         assert [str(d) for d in tensor.shape] == ["batch_size", "sequence_length"]
     assert not (model_dir / "model.fp32.onnx").exists()
+    assert not (model_dir / "model.fp32.onnx.data").exists()
     assert set(Manifest.read(model_dir).variants) == {"fp16"}
 
 

@@ -202,6 +202,49 @@ def test_missing_file_and_escaping_path(tmp_path: Path) -> None:
         OnnxModelRuntime(model_dir, escaping, "cpu", "fp32")
 
 
+def _externalize(model_dir: Path, manifest: Manifest) -> Manifest:
+    """Rewrite the fp32 variant with its weights as external data, as the export ships them."""
+    from export.optimize import externalize_weights
+
+    variant = manifest.variants["fp32"]
+    graph = onnx.load(model_dir / variant.file)
+    # A 2 KB weight (zeros, added to the logits) so that there is something to move out of the graph.
+    graph.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(512, np.float32), "w"))
+    logits = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = ["pre" if o == logits else o for o in node.output]
+    graph.graph.node.extend(
+        [
+            helper.make_node("ReduceSum", ["w"], ["zero"], keepdims=0),
+            helper.make_node("Add", ["pre", "zero"], [logits]),
+        ]
+    )
+    onnx.save(graph, model_dir / variant.file)
+    data = externalize_weights(model_dir / variant.file)
+    assert data is not None
+    variant.sha256 = sha256_of(model_dir / variant.file)
+    variant.data_file, variant.data_sha256 = data.name, sha256_of(data)
+    manifest.write(model_dir)
+    return manifest
+
+
+def test_external_weights_load_and_are_verified(tmp_path: Path) -> None:
+    model_dir, manifest = _write_model(tmp_path, "classify", ("fp32",))
+    inline = OnnxModelRuntime(model_dir, manifest, "cpu", "fp32").run(*_inputs([5, 3]))
+    manifest = _externalize(model_dir, manifest)
+    assert (model_dir / "model.fp32.onnx.data").stat().st_size > 0
+    external = OnnxModelRuntime(model_dir, manifest, "cpu", "fp32").run(*_inputs([5, 3]))
+    np.testing.assert_array_equal(external["logits"], inline["logits"])
+
+    with open(model_dir / "model.fp32.onnx.data", "r+b") as f:
+        f.write(b"\x7f")  # one weight byte changed: same size, different model
+    with pytest.raises(ModelLoadError, match=r"model.fp32.onnx.data is corrupt or was replaced"):
+        OnnxModelRuntime(model_dir, manifest, "cpu", "fp32")
+    (model_dir / "model.fp32.onnx.data").unlink()
+    with pytest.raises(ModelLoadError, match=r"weights file .* is missing"):
+        OnnxModelRuntime(model_dir, manifest, "cpu", "fp32")
+
+
 def test_precision_not_in_manifest(tmp_path: Path) -> None:
     model_dir, manifest = _write_model(tmp_path, "discriminate", ("fp32",))
     with pytest.raises(ModelLoadError, match="no int8 variant"):
