@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from server.core.manifest import INPUT_NAMES, OUTPUT_NAMES
+from server.core.runtime import CPU_DISABLED_OPTIMIZERS
 
 # Thresholds of the gate. int8 is reported, with a warning below its agreement floor.
 FP32_MAX_ABS_ERROR = 1e-4
@@ -122,7 +123,13 @@ def check_variant(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    # The session as the server builds it on the CPU, so parity is measured on the graph it runs.
+    session = ort.InferenceSession(
+        str(onnx_path),
+        options,
+        providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS),
+    )
     max_error = 0.0
     agree = total = 0
     for (ids, mask, types), expected in zip(_batches(rows, pad_id), reference, strict=True):

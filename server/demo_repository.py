@@ -20,9 +20,9 @@ from server.core.manifest import list_models
 
 log = logging.getLogger("electra.demo")
 
-# Bumped when the export's output format changes within a release (2: weights as external data),
-# so that a cache written by an older build is regenerated rather than served.
-DEMO_LAYOUT = 2
+# Bumped when the export's output changes within a release (2: weights as external data; 3: CPU
+# variants without SkipLayerNormalization), so that a cache from an older build is regenerated.
+DEMO_LAYOUT = 3
 
 
 def cache_dir() -> Path:

@@ -90,6 +90,12 @@ def select_precision(precision: str, device: Device, manifest: Manifest) -> Prec
     return precision  # type: ignore[return-value]
 
 
+# onnxruntime's CPU SkipLayerNormalization kernel is ~5x slower than the residual Add +
+# LayerNormalization it fuses (see export/optimize.py for the measurements); CPU sessions keep
+# them apart, as the export's CPU variants ship them.
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
 def limit_heap_retention(mmap_threshold: int = 1 << 20, arenas: int = 2) -> bool:
     """Keep glibc from holding on to freed model activations (Linux only; True when applied).
 
@@ -330,7 +336,10 @@ class OnnxModelRuntime:
     def _create_session(self) -> ort.InferenceSession:
         try:
             session = ort.InferenceSession(
-                str(self.model_path), sess_options=self._session_options(), providers=self._providers()
+                str(self.model_path),
+                sess_options=self._session_options(),
+                providers=self._providers(),
+                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if self.device == "cpu" else None,
             )
         except Exception as exc:
             raise ModelLoadError(
