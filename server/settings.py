@@ -30,6 +30,13 @@ class Settings(BaseSettings):
         8192, ge=1, description="most padded tokens (rows x longest row) in one model run (unset on CPU: 2048)"
     )
     max_queue_delay_ms: float = Field(2.0, ge=0, description="longest wait for more rows before a batch is cut")
+    max_padding_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a batch stops growing before its padded share of tokens passes this (1: no limit; "
+        "unset: 0.1 on CPU, none on CUDA)",
+    )
     max_queue_size: int = Field(2048, ge=1, description="most queued rows per model; beyond it requests get 429")
     max_inflight_batches: int = Field(0, ge=0, description="batches running at once per model (0: 1 on CUDA, 2 on CPU)")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session (0: cores / sessions)")

@@ -59,6 +59,13 @@ def batch_limits(settings: Settings, device: str) -> tuple[int, int]:
     return limits["max_batch_size"], limits["max_batch_tokens"]
 
 
+def padding_limit(settings: Settings, device: str) -> float | None:
+    """The batcher's max_padding_ratio: what the user set (1 = none), else the device's default."""
+    if settings.max_padding_ratio is None:
+        return MAX_PADDING_RATIO[device]
+    return None if settings.max_padding_ratio >= 1 else settings.max_padding_ratio
+
+
 def runtime_options(settings: Settings, device: str) -> RuntimeOptions:
     """How the server creates each model's runtime (the offline benchmark uses the same).
 
@@ -185,7 +192,7 @@ class InferenceService:
                 max_queue_delay_ms=self.settings.max_queue_delay_ms,
                 max_queue_size=self.settings.max_queue_size,
                 max_inflight_batches=inflight,
-                max_padding_ratio=MAX_PADDING_RATIO[device],
+                max_padding_ratio=padding_limit(self.settings, device),
                 sequence_outputs=runtime.sequence_outputs,
                 observer=self.metrics.observer(name),
                 name=name,

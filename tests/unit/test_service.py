@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 
 from server.core.batcher import DynamicBatcher
@@ -331,3 +332,16 @@ def test_cpu_batch_defaults_apply_only_to_limits_the_user_left_unset() -> None:
     assert batch_limits(Settings(), "cuda") == (32, 8192)
     assert batch_limits(Settings(max_batch_size=24), "cpu") == (24, CPU_BATCH_DEFAULTS["max_batch_tokens"])
     assert batch_limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu") == (24, 4096)
+
+
+def test_padding_limit_is_the_devices_default_unless_set() -> None:
+    from server.core.service import MAX_PADDING_RATIO, padding_limit
+    from server.settings import Settings, load_settings
+
+    assert padding_limit(Settings(), "cpu") == MAX_PADDING_RATIO["cpu"] == 0.1
+    assert padding_limit(Settings(), "cuda") is None
+    assert padding_limit(load_settings(["--max-padding-ratio", "0.25"]), "cpu") == 0.25
+    assert padding_limit(load_settings(["--max-padding-ratio", "0"]), "cuda") == 0.0
+    assert padding_limit(load_settings(["--max-padding-ratio", "1"]), "cpu") is None  # 1: no limit
+    with pytest.raises(pydantic.ValidationError):
+        load_settings(["--max-padding-ratio", "1.5"])
