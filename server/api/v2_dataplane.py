@@ -121,7 +121,8 @@ class V2Dataplane:
             "input": inputs,
             "output": outputs,
             "dynamic_batching": {
-                "preferred_batch_size": [settings.max_batch_size],
+                # The model batches this model's batcher really cuts (CPU defaults applied).
+                "preferred_batch_size": [loaded.batcher.max_batch_size],
                 "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
                 "default_queue_policy": {"max_queue_size": settings.max_queue_size},
             },

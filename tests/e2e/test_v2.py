@@ -265,6 +265,9 @@ def test_model_metadata_and_config(
     grpc_config = grpc_client.get_model_config(model).config
     assert http_config["max_batch_size"] == grpc_config.max_batch_size > 0
     assert "dynamic_batching" in http_config and grpc_config.HasField("dynamic_batching")
+    # The CPU server cuts model batches of at most 8 rows when --max-batch-size is unset.
+    assert http_config["dynamic_batching"]["preferred_batch_size"] == [8]
+    assert list(grpc_config.dynamic_batching.preferred_batch_size) == [8]
     for entry in http_config["input"]:
         assert entry["data_type"] == "TYPE_STRING" and entry["dims"] == [1]
         assert entry["optional"] == (entry["name"] == "TEXT_PAIR")
