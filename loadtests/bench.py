@@ -12,7 +12,8 @@ It measures, in this order:
 2. side-by-side rounds: the best offline configuration, then the server over REST at 32
    clients, alternately, so a noisy shared host weighs on both the same way (medians reported);
 3. the server, closed loop at 1, 8, 32, 128 clients, over every protocol it offers (REST with
-   wrk; typed gRPC with the asyncio client; KServe v2 HTTP and gRPC with perf_analyzer);
+   wrk; typed gRPC, unary calls and one bidirectional Stream per connection, with the asyncio
+   client; KServe v2 HTTP and gRPC with perf_analyzer);
 4. the server, open loop with Poisson arrivals at fractions of the saturation throughput;
 5. the long-context QA set (offline windows/s and served questions/s);
 6. the naive baseline: the transformers pipeline behind FastAPI, one request at a time.
@@ -79,7 +80,9 @@ class Plan:
     naive_concurrencies: list[int]
     warmup_s: float
     pa_requests: int  # perf_analyzer: requests per measurement window (at least 2 x concurrency)
-    other_concurrencies: list[int]  # gRPC and KServe v2 (REST gets `concurrencies`)
+    # gRPC (unary and Stream) and KServe v2 (REST gets `concurrencies`); at 32 clients the closed
+    # loop reuses the side-by-side rounds' runs, so a quick run adds no closed-loop gRPC time.
+    other_concurrencies: list[int]
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -334,7 +337,7 @@ def load(
         cpu["client_cores"] = result.client_cpu_s / max(cpu["wall_s"], 1e-9)
     else:
         result = python_client.run(
-            target="grpc" if protocol == "grpc" else "http",
+            target="grpc" if protocol in ("grpc", "grpc-stream") else "http",
             protocol=protocol,
             url=server.url + ("/v1/classify" if task == "classify" else "/v1/qa"),
             address=f"{HOST}:{server.grpc_port}",
@@ -348,6 +351,7 @@ def load(
             offset=offset,
             processes=ctx.args.client_processes,
             channels=ctx.args.grpc_channels,
+            grpc_call="stream" if protocol == "grpc-stream" else "unary",
             inputs_per_request=ctx.args.inputs_per_request if task == "classify" else 1,
             prefix=ctx.client_prefix,
             server_pid=server.pid,
@@ -430,9 +434,12 @@ def rounds_phase(
     ctx: Context, bench: OfflineBench, rows: list[Any], texts: list[str], contenders: list[OfflineConfig]
 ) -> list[dict[str, Any]]:
     """Side by side, round after round: the offline contenders (the best of them is the round's
-    ceiling), the best one again with tokenization, REST @32, and gRPC @32 when offered."""
+    ceiling), the best one again with tokenization, REST @32, and gRPC @32 (unary calls, then the
+    bidirectional Stream) when offered."""
     rounds = []
-    grpc = ctx.protocols.get("grpc", False) and "grpc" in ctx.args.protocols.split(",")
+    wanted = ctx.args.protocols.split(",")
+    grpc = ctx.protocols.get("grpc", False) and "grpc" in wanted
+    grpc_stream = ctx.protocols.get("grpc-stream", False) and "grpc-stream" in wanted
     for i in range(ctx.plan.rounds):
         with affinity(ctx.server_cores):
             measured = [bench.measure(rows, c) for c in contenders]
@@ -454,6 +461,13 @@ def rounds_phase(
         if grpc:
             typed = load(ctx, "grpc", concurrency=32, offset=i * 131, duration_s=ctx.plan.round_s)
             entry.update(grpc=typed["seqs_per_s"], grpc_per_cpu_s=_per_cpu_s(typed), grpc_load=typed)
+        if grpc_stream:
+            streamed = load(ctx, "grpc-stream", concurrency=32, offset=i * 131, duration_s=ctx.plan.round_s)
+            entry.update(
+                grpc_stream=streamed["seqs_per_s"],
+                grpc_stream_per_cpu_s=_per_cpu_s(streamed),
+                grpc_stream_load=streamed,
+            )
         if ctx.ab_server is not None:
             other = load(ctx, "rest", concurrency=32, offset=i * 131, server=ctx.ab_server, duration_s=ctx.plan.round_s)
             entry["served_ab"] = other["seqs_per_s"]
@@ -464,16 +478,25 @@ def rounds_phase(
             f"+tokenize {off_tok.seqs_per_s:.1f}, REST@32 {served['seqs_per_s']:.1f} seq/s "
             f"-> {served['seqs_per_s'] / off.seqs_per_s:.2f}x"
             + (f"; gRPC@32 {entry['grpc']:.1f}" if "grpc" in entry else "")
+            + (f"; gRPC stream@32 {entry['grpc_stream']:.1f}" if "grpc_stream" in entry else "")
             + (f"; A/B baseline REST@32 {entry['served_ab']:.1f}" if "served_ab" in entry else "")
         )
     return rounds
+
+
+# Protocols the side-by-side rounds measure at 32 clients: (the round's figure, its load run).
+ROUND_KEYS = {
+    "rest": ("served", "load"),
+    "grpc": ("grpc", "grpc_load"),
+    "grpc-stream": ("grpc_stream", "grpc_stream_load"),
+}
 
 
 def closed_phase(ctx: Context, protocols: list[str], rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
     results = []
     for protocol in protocols:
         for c in ctx.plan.concurrencies if protocol == "rest" else ctx.plan.other_concurrencies:
-            key = {"rest": ("served", "load"), "grpc": ("grpc", "grpc_load")}.get(protocol)
+            key = ROUND_KEYS.get(protocol)
             if key and c == 32 and rounds and all(key[0] in r for r in rounds):
                 # Already measured side by side with the ceiling: the median round stands for it.
                 ordered = sorted(rounds, key=lambda r: r[key[0]])
@@ -666,10 +689,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inputs-per-request", type=int, help="texts per classify request (default: 1 on cpu, 8 on cuda)")
     p.add_argument(
         "--protocols",
-        default="rest,grpc,v2-http,v2-grpc",
-        help="closed-loop protocols to measure, when the server offers them",
+        default="rest,grpc,grpc-stream,v2-http,v2-grpc",
+        help="closed-loop protocols to measure, when the server offers them (grpc: typed unary calls;"
+        " grpc-stream: the typed bidirectional Stream, one per connection)",
     )
-    p.add_argument("--open-protocols", default="rest", help="protocols for the open-loop (Poisson) runs")
+    p.add_argument(
+        "--open-protocols", default="rest", help="protocols for the open-loop (Poisson) runs: rest, grpc, grpc-stream"
+    )
     p.add_argument("--concurrency", help="comma list of closed-loop client counts (default 1,8,32,128)")
     p.add_argument("--open-fractions", help="comma list of open-loop rates as fractions of saturation")
     p.add_argument("--duration", type=float, help="seconds per load point")
@@ -854,6 +880,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.device == "cuda":
             memory["GPU after warm-up"] = gpu_memory()
         ctx.protocols = offered_protocols(server)
+        # The typed service's Stream method comes with its unary methods.
+        ctx.protocols["grpc-stream"] = ctx.protocols.get("grpc", False)
         wanted = [p for p in args.protocols.split(",") if p]
         protocols = [p for p in wanted if ctx.protocols.get(p)]
         if pa.find() is None or pa_file is None:
@@ -872,7 +900,9 @@ def main(argv: list[str] | None = None) -> int:
         closed = closed_phase(ctx, protocols, rounds) if "closed" in phases else []
         rest_closed = [r for r in closed if r["protocol"] == "rest"]
         saturation = max((r["throughput"] for r in rest_closed), default=0.0)
-        open_protocols = [p for p in args.open_protocols.split(",") if ctx.protocols.get(p) and p in ("rest", "grpc")]
+        open_protocols = [
+            p for p in args.open_protocols.split(",") if ctx.protocols.get(p) and p in ("rest", "grpc", "grpc-stream")
+        ]
         opened = open_phase(ctx, saturation, open_protocols) if saturation and "open" in phases else []
         qa = qa_phase(ctx, server_core_count) if "qa" in phases else None
         settle(server)
@@ -910,6 +940,18 @@ def main(argv: list[str] | None = None) -> int:
         for r in grpc_rounds
         if r.get("grpc_per_cpu_s") and r.get("served_per_cpu_s")
     ]
+    stream_rounds = [r for r in rounds if r.get("grpc_stream")]
+    stream32 = next(
+        (r["seqs_per_s"] for r in closed if r["protocol"] == "grpc-stream" and r["concurrency"] == 32), None
+    )
+    stream_over_rest = (
+        median([r["grpc_stream"] / r["served"] for r in stream_rounds]) if stream_rounds else ratio(stream32, rest32)
+    )
+    stream_cpu = [
+        r["grpc_stream_per_cpu_s"] / r["served_per_cpu_s"]
+        for r in stream_rounds
+        if r.get("grpc_stream_per_cpu_s") and r.get("served_per_cpu_s")
+    ]
     half = min(opened, key=lambda r: abs(r["fraction"] - 0.5), default=None) if opened else None
     seventy = min(opened, key=lambda r: abs(r["fraction"] - 0.7), default=None) if opened else None
     delay_s = _server_flag(args.server_arg, "--max-queue-delay-ms", 2.0) / 1000
@@ -926,6 +968,8 @@ def main(argv: list[str] | None = None) -> int:
         "served_over_ceiling_tokenized": ratio(rest32, ceiling_tok),
         "grpc_over_rest": grpc_over_rest,
         "grpc_over_rest_cpu": median(grpc_cpu) if grpc_cpu else None,
+        "grpc_stream_over_rest": stream_over_rest,
+        "grpc_stream_over_rest_cpu": median(stream_cpu) if stream_cpu else None,
         "saturation": saturation,
         "p99_half_saturation_s": half["latency"]["p99_s"] if half else None,
         # "max queue delay + one batch's compute", the batch being the p99 of what requests rode in
@@ -1024,8 +1068,11 @@ def _clients_line(protocols: list[str]) -> str:
     parts = []
     if "rest" in protocols:
         parts.append("REST closed loop: " + ("wrk (C)" if wrk.available() else "Python asyncio (aiohttp)"))
-    if "grpc" in protocols:
-        parts.append("gRPC typed: Python asyncio (grpc.aio)")
+    if "grpc" in protocols or "grpc-stream" in protocols:
+        parts.append(
+            "gRPC typed: Python asyncio (grpc.aio, requests serialized beforehand;"
+            " unary calls, and one bidirectional Stream per connection)"
+        )
     if any(p.startswith("v2-") for p in protocols):
         parts.append("KServe v2: perf_analyzer (C++)")
     parts.append("open loop: Python asyncio, Poisson")

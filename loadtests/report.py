@@ -20,6 +20,7 @@ from loadtests.stats import fmt, markdown_table, median, ratio
 PROTOCOL_NAMES = {
     "rest": "REST /v1",
     "grpc": "gRPC electra.v1",
+    "grpc-stream": "gRPC electra.v1 Stream",
     "v2-http": "KServe v2 HTTP",
     "v2-grpc": "KServe v2 gRPC",
     "naive": "naive (transformers + FastAPI)",
@@ -131,6 +132,12 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         gc = s.get("grpc_over_rest_cpu")
         if gc is not None:
             add("gRPC ÷ REST @32 per server CPU-second", times(gc), "(same)", None)
+        gs = s.get("grpc_stream_over_rest")
+        if gs is not None:
+            add("gRPC stream ÷ REST @32 (median of rounds)", times(gs), "(info: one bidirectional Stream)", None)
+        gsc = s.get("grpc_stream_over_rest_cpu")
+        if gsc is not None:
+            add("gRPC stream ÷ REST @32 per server CPU-second", times(gsc), "(info)", None)
         p99, bound, strict = s.get("p99_half_saturation_s"), s.get("p99_bound_s"), s.get("p99_bound_mean_s")
         add(
             "p99 at half saturation",
@@ -213,6 +220,7 @@ def render(results: dict[str, Any]) -> str:
         rounds = results["rounds"]
         ab = any("served_ab" in r for r in rounds)
         typed = any("grpc" in r for r in rounds)
+        streamed = any("grpc_stream" in r for r in rounds)
         headers = [
             "round",
             "offline seq/s",
@@ -224,6 +232,7 @@ def render(results: dict[str, Any]) -> str:
             "padding",
         ]
         headers += ["gRPC @32 seq/s", "gRPC seq/CPU-s"] if typed else []
+        headers += ["gRPC stream @32 seq/s"] if streamed else []
         headers += ["A/B baseline REST @32", "A/B padding"] if ab else []
         headers += ["other cores"]
         table = []
@@ -239,6 +248,7 @@ def render(results: dict[str, Any]) -> str:
                 fmt(r.get("padding"), 3),
             ]
             row += [fmt(r.get("grpc")), fmt(r.get("grpc_per_cpu_s"))] if typed else []
+            row += [fmt(r.get("grpc_stream"))] if streamed else []
             row += [fmt(r.get("served_ab")), fmt(r.get("padding_ab"), 3)] if ab else []
             table.append([*row, fmt(r.get("other_cores"), 2)])
         last = [
@@ -252,6 +262,7 @@ def render(results: dict[str, Any]) -> str:
             "-",
         ]
         last += [fmt(median([r["grpc"] for r in rounds if "grpc" in r])), "-"] if typed else []
+        last += [fmt(median([r["grpc_stream"] for r in rounds if "grpc_stream" in r]))] if streamed else []
         last += [fmt(s.get("ab_served_32")), "-"] if ab else []
         table.append([*last, fmt(s.get("other_cores_rounds"), 2)])
         parts += [
@@ -259,7 +270,7 @@ def render(results: dict[str, Any]) -> str:
             "",
             "Each round measures the offline ceiling (the best, in that round, of the sweep's top three: "
             f"{', '.join(results['offline'].get('contenders', [results['offline']['best']['label']]))}), "
-            "the best again with tokenization, then REST (and gRPC) at 32 clients; "
+            "the best again with tokenization, then REST (and gRPC: unary calls, then one Stream) at 32 clients; "
             "the target uses the median of the rounds' ratios (neighbours in time on a noisy host).",
             "",
             markdown_table(headers, table),

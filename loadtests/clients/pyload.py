@@ -7,7 +7,11 @@ Run as a child process by the bench so its CPU is measured on its own:
         --bodies bodies.jsonl --mode open --rate 50 --duration 10 --out result.json
 
 Bodies are the REST JSON bodies, one a line (`{"model"?, "inputs", "parameters"?}`); for gRPC they
-are turned into the typed request of the task. Open-loop latency is counted from each request's
+are turned into the typed request of the task, serialized once up front, and sent as unary calls
+(`--grpc-call unary`) or as messages of one bidirectional `Stream` per channel (`--grpc-call
+stream`). The client shares the host with the server, so its CPU per request is kept small: bytes
+in and out, no per-call protobuf work but the stream's response id and status, and the server's
+stage timings read on a sample of the calls. Open-loop latency is counted from each request's
 scheduled time, so a late client cannot hide queueing (no coordinated omission); the lag between
 schedule and send is reported to show whether the client kept up.
 """
@@ -18,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -97,31 +102,198 @@ def grpc_request(task: str, body: dict[str, Any]) -> tuple[str, Any]:
     raise ValueError(f"unknown task {task!r}")
 
 
+SERVICE = "electra.v1.ElectraService"
+# The StreamRequest / StreamResponse field of each typed method.
+STREAM_FIELDS = {
+    "Classify": "classify",
+    "AnswerQuestion": "answer_question",
+    "Tag": "tag",
+    "Discriminate": "discriminate",
+}
+# Server stage timings are read on one call in this many: enough for their p50/p99, and the
+# client's CPU per call is what competes with the server on a small host.
+STAGE_SAMPLE = 16
+_GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _open_channels(address: str, channels: int) -> list[Any]:
+    import grpc
+
+    # Several channels: one HTTP/2 connection serialises its frames; more spread the work.
+    return [
+        grpc.aio.insecure_channel(address, options=[*_GRPC_OPTIONS, ("grpc.channel_id", k)]) for k in range(channels)
+    ]
+
+
 async def grpc_sender(
-    address: str, task: str, bodies: list[bytes], timeout_s: float, channels: int = 1
+    address: str, task: str, bodies: list[bytes], timeout_s: float, channels: int = 1, call: str = "unary"
+) -> tuple[Sender, Callable[[], Awaitable[None]]]:
+    """One typed request per send, as unary calls or as messages of one bidirectional stream per
+    channel. Requests are serialized once up front and the calls carry bytes: no protobuf work per
+    call on the client beyond what checking the outcome needs."""
+    typed = [grpc_request(task, orjson.loads(b)) for b in bodies]
+    opened = _open_channels(address, channels)
+    if call == "stream":
+        return await _stream_sender(opened, typed, timeout_s)
+    return _unary_sender(opened, typed, timeout_s)
+
+
+def _unary_sender(
+    opened: list[Any], typed: list[tuple[str, Any]], timeout_s: float
 ) -> tuple[Sender, Callable[[], Awaitable[None]]]:
     import grpc
 
-    from proto.electra.v1 import electra_pb2_grpc
-
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    # Several channels: one HTTP/2 connection serialises its frames; more spread the work.
-    opened = [grpc.aio.insecure_channel(address, options=[*options, ("grpc.channel_id", k)]) for k in range(channels)]
-    stubs = [electra_pb2_grpc.ElectraServiceStub(c) for c in opened]
-    requests = [grpc_request(task, orjson.loads(b)) for b in bodies]
+    method = typed[0][0]
+    payloads = [request.SerializeToString() for _, request in typed]
+    # No (de)serializers: bytes in, bytes out. Registered like the generated stubs' methods.
+    calls = [
+        c.unary_unary(
+            f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None, _registered_method=True
+        )
+        for c in opened
+    ]
+    n_payloads, n_calls = len(payloads), len(calls)
+    error = grpc.aio.AioRpcError
+    sent = 0
 
     async def send(i: int) -> bool:
-        method, request = requests[i % len(requests)]
-        stub = stubs[i % len(stubs)]
+        nonlocal sent
+        sent += 1
+        sampled = sent % STAGE_SAMPLE == 0
+        rpc = calls[i % n_calls](payloads[i % n_payloads], timeout=timeout_s)
         try:
-            call = getattr(stub, method)(request, timeout=timeout_s)
-            await call
-            _record_stages(dict(await call.trailing_metadata() or ()))
-        except grpc.aio.AioRpcError:
+            # Awaiting the call is the cheapest check of its status: it raises unless OK.
+            await rpc
+        except error:
             return False
+        if sampled:
+            _record_stages(dict(await rpc.trailing_metadata() or ()))
         return True
 
     async def close() -> None:
+        for c in opened:
+            await c.close()
+
+    return send, close
+
+
+def stream_id_field(n: int) -> bytes:
+    """StreamRequest's `id` (field 1, a string) as protobuf wire bytes. Serialized messages
+    concatenate into their merge, so this + a pre-serialized StreamRequest(classify=...) is the
+    whole request with no protobuf work per call."""
+    text = str(n).encode()
+    return b"\x0a" + bytes((len(text),)) + text  # tag (1 << 3 | LEN), length (< 128), bytes
+
+
+class _Stream:
+    """One bidirectional `Stream` call: requests are written in order by one writer task (gRPC takes
+    one write at a time per call), responses matched to their waiting sender by id."""
+
+    def __init__(self, call: Any, timeout_s: float) -> None:
+        self.call = call
+        self.timeout_s = timeout_s
+        # id -> (the sender's future, when it was sent)
+        self.pending: dict[str, tuple[asyncio.Future[bool], float]] = {}
+        self.outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.broken = False
+        self.seen = 0
+        self.tasks = [asyncio.ensure_future(c) for c in (self._write(), self._read(), self._expire())]
+
+    async def _write(self) -> None:
+        try:
+            while (payload := await self.outbox.get()) is not None:
+                await self.call.write(payload)
+            await self.call.done_writing()
+        except Exception:  # the stream failed: the reader sees it and fails what is pending
+            self.broken = True
+
+    async def _read(self) -> None:
+        from proto.electra.v1 import electra_pb2 as pb
+
+        parse = pb.StreamResponse.FromString
+        pending = self.pending
+        try:
+            async for raw in self.call:
+                response = parse(raw)
+                waiting = pending.pop(response.id, None)
+                if waiting is not None and not waiting[0].done():
+                    waiting[0].set_result(response.status.code == 0)
+                self.seen += 1
+                if self.seen % STAGE_SAMPLE == 0 and response.status.code == 0:
+                    t = response.timings
+                    for name, ms in zip(
+                        STAGES, (t.queue_ms, t.inference_ms, t.tokenization_ms, t.total_ms), strict=True
+                    ):
+                        stages[name].append(ms)
+        except Exception:  # the stream itself failed (server gone): every request on it did
+            pass
+        finally:
+            self.broken = True
+            self._fail(math.inf)
+
+    async def _expire(self) -> None:
+        """The per-request timeout, checked once a second rather than with a timer per request."""
+        loop = asyncio.get_running_loop()
+        while not self.broken:
+            await asyncio.sleep(1.0)
+            self._fail(loop.time() - self.timeout_s)
+
+    def _fail(self, sent_before: float) -> None:
+        for key, (waiter, sent) in list(self.pending.items()):
+            if sent < sent_before:
+                del self.pending[key]
+                if not waiter.done():
+                    waiter.set_result(False)
+
+    async def close(self) -> None:
+        if not self.pending:  # nothing left in flight: end the stream cleanly, else just cancel it
+            self.outbox.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.gather(*self.tasks[:2]), timeout=2)
+        self.call.cancel()
+        self.broken = True
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _stream_sender(
+    opened: list[Any], typed: list[tuple[str, Any]], timeout_s: float
+) -> tuple[Sender, Callable[[], Awaitable[None]]]:
+    from proto.electra.v1 import electra_pb2 as pb
+
+    field = STREAM_FIELDS[typed[0][0]]
+    payloads = [pb.StreamRequest(**{field: request}).SerializeToString() for _, request in typed]
+    # No deadline on the stream (it would cover all its messages): each request's timeout is
+    # checked by the stream itself.
+    streams = [
+        _Stream(
+            c.stream_stream(
+                f"/{SERVICE}/Stream", request_serializer=None, response_deserializer=None, _registered_method=True
+            )(),
+            timeout_s,
+        )
+        for c in opened
+    ]
+    loop = asyncio.get_running_loop()
+    n_payloads, n_streams = len(payloads), len(streams)
+    counter = 0
+
+    async def send(i: int) -> bool:
+        nonlocal counter
+        stream = streams[i % n_streams]
+        if stream.broken:
+            await asyncio.sleep(0)  # fail fast, but let the other clients run
+            return False
+        counter += 1
+        waiter = loop.create_future()
+        stream.pending[str(counter)] = (waiter, loop.time())
+        stream.outbox.put_nowait(stream_id_field(counter) + payloads[i % n_payloads])
+        return await waiter
+
+    async def close() -> None:
+        for stream in streams:
+            await stream.close()
         for c in opened:
             await c.close()
 
@@ -237,7 +409,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if args.target == "http":
         send, close = await http_sender(args.url, bodies, args.timeout)
     else:
-        send, close = await grpc_sender(args.address, args.task, bodies, args.timeout, args.channels)
+        send, close = await grpc_sender(args.address, args.task, bodies, args.timeout, args.channels, args.grpc_call)
     try:
         # One request first: connections open and the first call's setup is not measured.
         with contextlib.suppress(Exception):
@@ -278,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--channels", type=int, default=1, help="gRPC channels (connections)")
+    parser.add_argument(
+        "--grpc-call",
+        choices=("unary", "stream"),
+        default="unary",
+        help="typed gRPC: one unary call per request, or one bidirectional Stream per channel carrying them all",
+    )
     parser.add_argument("--server-pid", type=int, help="measure this process's CPU over the load phase")
     parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     args = parser.parse_args(argv)

@@ -34,6 +34,7 @@ def run(
     offset: int = 0,
     processes: int = 1,
     channels: int = 1,
+    grpc_call: str = "unary",  # typed gRPC: unary | stream
     timeout_s: float = 30.0,
     drain_s: float = 15.0,
     inputs_per_request: int = 1,
@@ -83,6 +84,8 @@ def run(
                 str(offset + 104729 * k),
                 "--channels",
                 str(channels),
+                "--grpc-call",
+                grpc_call,
                 "--out",
                 str(out),
                 *(["--server-pid", str(server_pid)] if server_pid and k == 0 else []),
