@@ -291,7 +291,11 @@ def test_targets_table_says_which_targets_hold() -> None:
     rows = {r[0]: r for r in targets(_results())}
     assert rows["served REST @32 ÷ offline ceiling (model only; median of the rounds' ratios)"][3] == "yes"
     assert rows["padding ratio (REST @32)"][3] == "yes"
-    assert rows["ours ÷ naive (both fp32)"][3] == "NO"
+    assert rows["ours fp32 @32 ÷ naive fp32 (one run each)"][3] == "NO"
+    versus = {r[0]: r for r in targets(_results(versus_rounds=3, int8_over_naive=5.5, int8_top1_agreement=0.99))}
+    assert versus["ours fp32 @32 ÷ naive fp32 (median of 3 side-by-side rounds)"][1:] == ["3.00x", ">= 5x", "NO"]
+    int8_row = "ours int8 @32 ÷ naive fp32 (int8 on request; top-1 agreement 99.0% at export)"
+    assert versus[int8_row][1:] == ["5.50x", ">= 5x", "yes"]
     assert rows["server RSS (4 models)"][3] == "yes"
     assert rows["p99 at half saturation"][3] == "yes"
     assert rows["p99 at half saturation (stricter reading)"][3] == "NO"
@@ -303,6 +307,35 @@ def test_render_produces_markdown_with_the_targets() -> None:
     text = render(_results())
     assert text.startswith("# electra-serve benchmark (quick run)")
     assert "## Targets" in text and "0.90x" in text
+
+
+def test_render_shows_the_side_by_side_naive_rounds() -> None:
+    def load(seqs: float) -> dict:
+        return {
+            "protocol": "naive",
+            "client": "wrk",
+            "mode": "closed",
+            "concurrency": 1,
+            "seqs_per_s": seqs,
+            "errors": 0,
+            "latency": {"p50_s": 0.01, "p90_s": 0.02, "p99_s": 0.03},
+        }
+
+    results = _results(versus_rounds=1, ours_over_naive=2.5)
+    results["naive"] = [load(60.0)]
+    results["versus"] = [
+        {
+            "round": 1,
+            "naive": {"1": load(60.0), "32": load(40.0)},
+            "ours": load(150.0),
+            "int8": load(330.0),
+            "ours_over_naive": 2.5,
+            "int8_over_naive": 5.5,
+        }
+    ]
+    text = render(results)
+    assert "| round | naive @1 seq/s | naive @32 seq/s | ours @32 seq/s | ours ÷ naive |" in text
+    assert "2.50x" in text and "5.50x" in text and "330.0" in text
 
 
 def test_lua_script_exists_next_to_the_driver() -> None:
