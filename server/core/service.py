@@ -59,6 +59,18 @@ def batch_limits(settings: Settings, device: str) -> tuple[int, int]:
     return limits["max_batch_size"], limits["max_batch_tokens"]
 
 
+def _text_chars(items: list[Any], limit: int) -> int:
+    """Characters of text in a request's parsed items (texts, or tuples of texts: pairs and QA),
+    counted until past `limit`."""
+    total = 0
+    for item in items:
+        parts = item if isinstance(item, tuple) else (item,)
+        total += sum(len(part) for part in parts if isinstance(part, str))
+        if total > limit:
+            break
+    return total
+
+
 def padding_limit(settings: Settings, device: str) -> float | None:
     """The batcher's max_padding_ratio: what the user set (1 = none), else the device's default."""
     if settings.max_padding_ratio is None:
@@ -315,8 +327,11 @@ class InferenceService:
         self._inflight += 1
         self._idle.clear()
         try:
-            loop = asyncio.get_running_loop()
-            encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, loaded, items, params)
+            if _text_chars(items, self.settings.inline_tokenize_chars) <= self.settings.inline_tokenize_chars:
+                encoded = self._encode(loaded, items, params)
+            else:
+                loop = asyncio.get_running_loop()
+                encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, loaded, items, params)
             tokenized = time.perf_counter()
             rows = [row for item in encoded for row in item.rows]
             if len(rows) > self.settings.max_queue_size:

@@ -345,3 +345,11 @@ def test_padding_limit_is_the_devices_default_unless_set() -> None:
     assert padding_limit(load_settings(["--max-padding-ratio", "1"]), "cpu") is None  # 1: no limit
     with pytest.raises(pydantic.ValidationError):
         load_settings(["--max-padding-ratio", "1.5"])
+
+
+def test_short_requests_are_tokenized_inline_and_long_ones_on_the_threads() -> None:
+    from server.core.service import _text_chars
+
+    assert _text_chars(["abc", "de"], 1024) == 5
+    assert _text_chars([("question?", "a context"), ("q", None)], 1024) == 19
+    assert _text_chars(["x" * 600, "y" * 600, "z" * 600], 1024) == 1200  # stops once past the limit
