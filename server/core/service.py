@@ -23,6 +23,7 @@ from server.core.runtime import (
     OnnxModelRuntime,
     RuntimeOptions,
     limit_heap_retention,
+    release_free_heap,
     select_device,
     select_precision,
     warmup_buckets,
@@ -69,6 +70,10 @@ def _text_chars(items: list[Any], limit: int) -> int:
         if total > limit:
             break
     return total
+
+
+# Seconds without a request in flight before the CPU server gives freed heap pages back.
+IDLE_TRIM_S = 1.0
 
 
 def padding_limit(settings: Settings, device: str) -> float | None:
@@ -154,6 +159,9 @@ class InferenceService:
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        # CPU: once no request has been in flight for IDLE_TRIM_S, freed heap pages go back to the system.
+        self._trim_heap = False
+        self._trim_timer: asyncio.TimerHandle | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -183,7 +191,7 @@ class InferenceService:
         inflight = self.settings.inflight_batches(device)
         options = runtime_options(self.settings, device)
         if not options.enable_cpu_mem_arena:
-            limit_heap_retention()
+            self._trim_heap = limit_heap_retention()
         max_batch_size, max_batch_tokens = batch_limits(self.settings, device)
         tokenizer_pools: dict[str, TokenizerPool] = {}
         for name in wanted:
@@ -363,6 +371,20 @@ class InferenceService:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+                self._schedule_trim()
+
+    def _schedule_trim(self) -> None:
+        if not self._trim_heap:
+            return
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim_timer = None
+        if self._inflight == 0 and not self.draining:
+            # malloc_trim walks the heaps (milliseconds): off the event loop.
+            self._tokenize_pool.submit(release_free_heap)
 
     @staticmethod
     def _encode(loaded: LoadedModel, items: list[Any], params: Any) -> list[Any]:

@@ -315,6 +315,36 @@ async def test_load_a_real_repository(export_model: Callable[..., Path]) -> None
     assert not service.ready
 
 
+async def test_idle_cpu_server_gives_freed_heap_back(
+    export_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After load() set the glibc thresholds, a second without requests triggers malloc_trim once
+    (off the event loop); requests arriving meanwhile postpone it."""
+    import threading
+
+    from server.core import service as service_module
+
+    trimmed: list[str] = []
+    monkeypatch.setattr(service_module, "IDLE_TRIM_S", 1.0)
+    monkeypatch.setattr(service_module, "release_free_heap", lambda: trimmed.append(threading.current_thread().name))
+    model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
+    service = InferenceService(Settings(models=model_dir.name, device="cpu"), Metrics())
+    await service.load(model_dir.parent)
+    try:
+        for _ in range(3):
+            await service.run("classify", None, "A man eats.", None)
+            await asyncio.sleep(0.01)  # far shorter than the idle time: no trim yet
+        assert trimmed == []
+        for _ in range(50):  # the trim comes about a second after the last request
+            if trimmed:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+        assert len(trimmed) == 1 and trimmed[0].startswith("tokenize")  # once, not on the event loop
+    finally:
+        await service.drain(5)
+
+
 async def test_load_fails_clearly_on_a_missing_model(export_model: Callable[..., Path]) -> None:
     model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
     service = InferenceService(Settings(models="absent-model", device="cpu"), Metrics())
