@@ -309,6 +309,24 @@ def test_render_produces_markdown_with_the_targets() -> None:
     assert "## Targets" in text and "0.90x" in text
 
 
+def test_report_shows_the_stream_next_to_the_unary_grpc() -> None:
+    results = _results(grpc_over_rest=0.99, grpc_stream_over_rest=1.04, grpc_stream_over_rest_cpu=1.06)
+    results["offline"] = {"sweep": [], "best": {"label": "b1"}}
+    results["rounds"] = [
+        {"offline": 100.0, "offline_tok": 90.0, "served": 80.0, "grpc": 79.0, "grpc_stream": 83.0 + i} for i in range(3)
+    ]
+    rows = {r[0]: r for r in targets(results)}
+    assert rows["gRPC ÷ REST @32 (median of the rounds' ratios)"][1:] == ["0.99x", ">= 1.0x", "NO"]
+    assert rows["gRPC stream ÷ REST @32 (median of rounds)"][1] == "1.04x"
+    assert rows["gRPC stream ÷ REST @32 (median of rounds)"][3] == "-"  # information, not a target
+    text = render(results)
+    header = next(line for line in text.splitlines() if line.startswith("| round"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells.index("gRPC stream @32 seq/s") == cells.index("gRPC seq/CPU-s") + 1
+    median_row = next(line for line in text.splitlines() if line.startswith("| median"))
+    assert "84" in median_row  # the median of 83, 84, 85
+
+
 def test_render_shows_the_side_by_side_naive_rounds() -> None:
     def load(seqs: float) -> dict:
         return {

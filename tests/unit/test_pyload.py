@@ -13,7 +13,6 @@ import pytest
 import pytest_asyncio
 
 from loadtests.clients import pyload
-from loadtests.report import render, targets
 from proto.electra.v1 import electra_pb2 as pb
 
 SERVICE = "electra.v1.ElectraService"
@@ -191,35 +190,3 @@ async def test_stream_that_breaks_fails_what_is_pending_and_what_follows(fake) -
         assert await asyncio.wait_for(send(1), timeout=10) is False
     finally:
         await close()
-
-
-def test_report_shows_the_stream_next_to_the_unary_grpc() -> None:
-    summary = {"grpc_over_rest": 0.99, "grpc_stream_over_rest": 1.04, "grpc_stream_over_rest_cpu": 1.06}
-    meta = {
-        "quick": True,
-        "command": "loadtests/bench --quick",
-        "started": "now",
-        "host": "test",
-        "device": "cpu",
-        "model": "m",
-        "precision": "fp32",
-        "shape": "demo",
-        "dataset": "mixed",
-        "server_args": "",
-        "pinning": "none",
-        "clients": "wrk",
-    }
-    rounds = [
-        {"offline": 100.0, "offline_tok": 90.0, "served": 80.0, "grpc": 79.0, "grpc_stream": 83.0 + i} for i in range(3)
-    ]
-    results = {"meta": meta, "summary": summary, "offline": {"sweep": [], "best": {"label": "b1"}}, "rounds": rounds}
-    rows = {r[0]: r for r in targets(results)}
-    assert rows["gRPC ÷ REST @32 (median of the rounds' ratios)"][1:] == ["0.99x", ">= 1.0x", "NO"]
-    assert rows["gRPC stream ÷ REST @32 (median of rounds)"][1] == "1.04x"
-    assert rows["gRPC stream ÷ REST @32 (median of rounds)"][3] == "-"  # information, not a target
-    text = render(results)
-    header = next(line for line in text.splitlines() if line.startswith("| round"))
-    cells = [c.strip() for c in header.strip("|").split("|")]
-    assert cells.index("gRPC stream @32 seq/s") == cells.index("gRPC seq/CPU-s") + 1
-    median_row = next(line for line in text.splitlines() if line.startswith("| median"))
-    assert "84" in median_row  # the median of 83, 84, 85
