@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api import hf, rest
+from server.api.hot_path import HotPathDispatcher, hot_routes
 from server.api.http_common import error_response, json_response
 from server.core.errors import ServeError
 from server.core.service import InferenceService
@@ -19,14 +20,15 @@ def build_app(service: InferenceService) -> FastAPI:
         version="0.1.0",
         description="ELECTRA inference (classify, qa, tag, discriminate) over REST, HF Inference API, KServe v2.",
     )
-    app.include_router(rest.build_router(service))
-    app.include_router(hf.build_router(service))
+    routers = [rest.build_router(service), hf.build_router(service)]
     try:
         from server.api import v2_http
     except ImportError:  # the KServe v2 HTTP routes are optional in a trimmed build
         v2_http = None
     if v2_http is not None:
-        app.include_router(v2_http.build_router(service))
+        routers.append(v2_http.build_router(service))
+    for router in routers:
+        app.include_router(router)
 
     @app.exception_handler(ServeError)
     async def serve_error(_: Request, error: ServeError) -> Response:
@@ -41,4 +43,11 @@ def build_app(service: InferenceService) -> FastAPI:
         return json_response({"error": f"invalid request: {error.errors()}"}, 422)
 
     app.state.service = service
+    app.state.hot_routes = hot_routes(routers)
     return app
+
+
+def build_asgi(service: InferenceService) -> HotPathDispatcher:
+    """What uvicorn serves: the app, with its inference routes dispatched past FastAPI's stack."""
+    app = build_app(service)
+    return HotPathDispatcher(app, app.state.hot_routes)

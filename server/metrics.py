@@ -3,8 +3,11 @@ several servers in one process (tests) do not collide."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 # `*_created` series double the exposition for no use on a scrape-based dashboard.
 disable_created_metrics()
@@ -80,13 +83,24 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("electra_inflight_requests", "Requests being handled", ["protocol"], registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
+        """metric.labels(*values), looked up once: prometheus_client validates and locks on every
+        `labels` call (a few microseconds, several times a request on the event loop). The label
+        sets are bounded: models, tasks, protocols and status codes."""
+        key = (id(metric), values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     def observer(self, model: str) -> BatcherMetrics:
         return BatcherMetrics(self, model)
 
     def observe_request(self, model: str, task: str, protocol: str, code: str | int, seconds: float) -> None:
-        self.requests.labels(model, task, protocol, str(code)).inc()
-        self.request_duration.labels(model, task, protocol).observe(seconds)
+        self.labelled(self.requests, model, task, protocol, str(code)).inc()
+        self.labelled(self.request_duration, model, task, protocol).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

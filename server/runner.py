@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvicorn
 
-from server.app import build_app
+from server.app import build_asgi
 from server.core.service import InferenceService
 from server.metrics import Metrics
 from server.settings import Settings
@@ -33,7 +33,7 @@ class _UvicornServer(uvicorn.Server):
 async def serve(settings: Settings, repository: Path) -> int:
     metrics = Metrics()
     service = InferenceService(settings, metrics)
-    app = build_app(service)
+    app = build_asgi(service)
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -148,7 +148,7 @@ class Call:
 def counted(service: InferenceService, protocol: str, call: Call, context: grpc.aio.ServicerContext) -> Iterator[Call]:
     """Inflight gauge and electra_requests_total / _duration for one request (any outcome)."""
     started = time.perf_counter()
-    service.metrics.inflight.labels(protocol).inc()
+    service.metrics.labelled(service.metrics.inflight, protocol).inc()
     try:
         yield call
     except ServeError as error:
@@ -165,7 +165,7 @@ def counted(service: InferenceService, protocol: str, call: Call, context: grpc.
         call.code = "INTERNAL"
         raise
     finally:
-        service.metrics.inflight.labels(protocol).dec()
+        service.metrics.labelled(service.metrics.inflight, protocol).dec()
         service.metrics.observe_request(call.model, call.task, protocol, call.code, time.perf_counter() - started)
 
 

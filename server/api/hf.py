@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api.hot_path import hot
 from server.api.http_common import deadline_of, task_body
 from server.api.rest import answer
 from server.core.service import InferenceService, Result
@@ -24,6 +25,7 @@ def build_router(service: InferenceService) -> APIRouter:
     router = APIRouter()
 
     @router.post("/models/{name}", tags=["huggingface"], summary="Hugging Face Inference API compatible")
+    @hot
     async def infer(name: str, request: Request) -> Response:
         was_list = False
 

@@ -88,18 +88,29 @@ def deadline_of(request: Request) -> float | None:
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
     """Run `work`, cancelling it if the client goes away first, so its queued rows never reach the model.
 
-    The body has been read, so the next ASGI message can only be the disconnect.
+    The body has been read, so the next ASGI message can only be the disconnect. The work runs in
+    the request's own task; only the watcher gets a task of its own.
     """
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    assert current is not None
+    running = True
+
+    def on_disconnect(watcher: asyncio.Future[None]) -> None:
+        if running and not watcher.cancelled():
+            current.cancel()
+
     watcher = asyncio.ensure_future(_disconnected(request))
+    watcher.add_done_callback(on_disconnect)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not watcher.done() or watcher.cancelled():
+            raise  # cancelled from outside (shutdown), not by the client leaving
+        current.uncancel()
+        raise ServeError(ErrorKind.CANCELLED, "client disconnected") from None
     finally:
+        running = False
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ServeError(ErrorKind.CANCELLED, "client disconnected")
-    return task.result()
 
 
 async def _disconnected(request: Request) -> None:

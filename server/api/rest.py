@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api.hot_path import hot
 from server.api.http_common import (
     deadline_of,
     error_response,
@@ -36,7 +37,7 @@ async def answer(
     """Parse, run (cancelled if the client leaves), translate and count one task request."""
     started = time.perf_counter()
     model_label, task_label = "unknown", task or "unknown"
-    service.metrics.inflight.labels(protocol).inc()
+    service.metrics.labelled(service.metrics.inflight, protocol).inc()
     try:
         payload = await read_json(request, service.settings.max_request_bytes)
         result = await until_disconnect(request, run(payload))
@@ -47,7 +48,7 @@ async def answer(
             model_label, task_label = error.model, service.models[error.model].manifest.task
         response = error_response(error)
     finally:
-        service.metrics.inflight.labels(protocol).dec()
+        service.metrics.labelled(service.metrics.inflight, protocol).dec()
     service.metrics.observe_request(
         model_label, task_label, protocol, response.status_code, time.perf_counter() - started
     )
@@ -58,6 +59,7 @@ def build_router(service: InferenceService) -> APIRouter:
     router = APIRouter()
 
     def task_route(task: str) -> None:
+        @hot
         async def route(request: Request) -> Response:
             async def run(payload: Any) -> Result:
                 model, inputs, parameters = task_body(payload)

@@ -208,7 +208,7 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
         started = time.perf_counter()
         model_label = name if name in service.models else "unknown"
         task_label = service.models[name].manifest.task if name in service.models else "unknown"
-        service.metrics.inflight.labels(PROTOCOL).inc()
+        service.metrics.labelled(service.metrics.inflight, PROTOCOL).inc()
         try:
             if request.headers.get("content-encoding", "identity").lower() != "identity":
                 raise t.bad("compressed request bodies are not supported")
@@ -222,7 +222,7 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
         except ServeError as error:
             response = error_response(error)
         finally:
-            service.metrics.inflight.labels(PROTOCOL).dec()
+            service.metrics.labelled(service.metrics.inflight, PROTOCOL).dec()
         service.metrics.observe_request(
             model_label, task_label, PROTOCOL, response.status_code, time.perf_counter() - started
         )

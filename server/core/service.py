@@ -364,8 +364,8 @@ class InferenceService:
                 inference_s=submitted.inference_seconds,
                 total_s=finished - started,
             )
-            self.metrics.tokenization_duration.labels(loaded.name).observe(timings.tokenization_s)
-            self.metrics.queue_duration.labels(loaded.name).observe(timings.queue_s)
+            self.metrics.labelled(self.metrics.tokenization_duration, loaded.name).observe(timings.tokenization_s)
+            self.metrics.labelled(self.metrics.queue_duration, loaded.name).observe(timings.queue_s)
             return values, timings
         finally:
             self._inflight -= 1

@@ -1,0 +1,146 @@
+"""The inference routes' dispatcher (past FastAPI's stack) and the disconnect watcher, over ASGI in
+process. The real server serves through the same `build_asgi` (tests/e2e)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from server.api.http_common import until_disconnect
+from server.app import build_asgi
+from server.core.errors import ErrorKind, ServeError
+from server.core.service import InferenceService
+from server.settings import Settings
+
+
+class SpyApp:
+    """Stands in for the FastAPI app behind the dispatcher and records what reached it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.paths: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.paths.append(scope.get("path", ""))
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def service() -> InferenceService:
+    return InferenceService(Settings())
+
+
+@pytest.fixture
+def dispatcher(service: InferenceService) -> Any:
+    asgi = build_asgi(service)
+    asgi.app = SpyApp(asgi.app)
+    return asgi
+
+
+def client(asgi: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://test")
+
+
+def test_the_hot_routes_are_the_inference_routes(dispatcher: Any) -> None:
+    paths = {route.path for route in dispatcher.routes}
+    assert paths == {"/v1/classify", "/v1/qa", "/v1/tag", "/v1/discriminate", "/models/{name}"}
+
+
+async def test_inference_requests_skip_fastapi_and_others_do_not(dispatcher: Any) -> None:
+    async with client(dispatcher) as http:
+        response = await http.post("/v1/classify", json={"inputs": "a text"})
+        assert response.status_code == 503
+        assert response.json() == {"error": "models are still loading"}
+        assert response.headers["retry-after"] == "1"
+        assert dispatcher.app.paths == []
+        assert (await http.get("/health/live")).status_code == 200
+        # A GET on an inference path is FastAPI's to refuse (405), in the server's error shape.
+        refused = await http.get("/v1/classify")
+        assert refused.status_code == 405 and "error" in refused.json()
+    assert dispatcher.app.paths == ["/health/live", "/v1/classify"]
+
+
+async def test_path_parameters_reach_the_endpoint(dispatcher: Any, service: InferenceService) -> None:
+    service.loaded = True
+    async with client(dispatcher) as http:
+        response = await http.post("/models/no-such-model", json={"inputs": "a text"})
+    assert response.status_code == 404
+    assert response.json() == {"error": "model 'no-such-model' is not loaded"}
+    assert dispatcher.app.paths == []
+
+
+async def test_errors_keep_their_shape_on_the_hot_path(dispatcher: Any, service: InferenceService) -> None:
+    service.loaded = True
+    async with client(dispatcher) as http:
+        bad_json = await http.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
+        too_big = await http.post("/v1/classify", content=b"x" * (service.settings.max_request_bytes + 1))
+    assert bad_json.status_code == 400 and bad_json.json()["error"].startswith("request body is not valid JSON")
+    assert too_big.status_code == 413 and "exceeds" in too_big.json()["error"]
+
+
+async def test_an_unexpected_error_is_a_json_500(
+    dispatcher: Any, service: InferenceService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(service, "run", broken)
+    async with client(dispatcher) as http:
+        response = await http.post("/v1/classify", json={"inputs": "a text"})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal server error"}
+
+
+# ------------------------------------------------------------------ until_disconnect
+
+
+class FakeRequest:
+    """What until_disconnect reads: `receive()`, which answers http.disconnect once `gone` is set."""
+
+    def __init__(self) -> None:
+        self.gone = asyncio.Event()
+
+    async def receive(self) -> dict[str, str]:
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+
+async def test_work_that_finishes_first_is_returned() -> None:
+    request = FakeRequest()
+    assert await until_disconnect(request, asyncio.sleep(0.01, result="done")) == "done"  # type: ignore[arg-type]
+    request.gone.set()
+    await asyncio.sleep(0.01)  # a late disconnect cancels nothing: the task is still usable
+    assert await asyncio.sleep(0, result="still running") == "still running"
+
+
+async def test_a_client_leaving_cancels_the_work() -> None:
+    request = FakeRequest()
+    work_cancelled = asyncio.Event()
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            work_cancelled.set()
+            raise
+        return "never"
+
+    asyncio.get_running_loop().call_later(0.02, request.gone.set)
+    with pytest.raises(ServeError) as caught:
+        await until_disconnect(request, work())  # type: ignore[arg-type]
+    assert caught.value.kind is ErrorKind.CANCELLED
+    assert work_cancelled.is_set()
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0  # the request's task may go on answering
+
+
+async def test_cancellation_from_outside_is_not_a_disconnect() -> None:
+    request = FakeRequest()
+    task = asyncio.ensure_future(until_disconnect(request, asyncio.sleep(30)))  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
