@@ -1006,6 +1006,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in stream_rounds
         if r.get("grpc_stream_per_cpu_s") and r.get("served_per_cpu_s")
     ]
+    # The same compiled client (perf_analyzer) over both KServe v2 transports: the protocols compared
+    # without the Python gRPC client's extra CPU (one closed-loop run each, not side by side).
+    v2_at_32 = {
+        r["protocol"]: r["seqs_per_s"] for r in closed if r["protocol"].startswith("v2-") and r["concurrency"] == 32
+    }
     half = min(opened, key=lambda r: abs(r["fraction"] - 0.5), default=None) if opened else None
     seventy = min(opened, key=lambda r: abs(r["fraction"] - 0.7), default=None) if opened else None
     delay_s = _server_flag(args.server_arg, "--max-queue-delay-ms", 2.0) / 1000
@@ -1024,6 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
         "grpc_over_rest_cpu": median(grpc_cpu) if grpc_cpu else None,
         "grpc_stream_over_rest": stream_over_rest,
         "grpc_stream_over_rest_cpu": median(stream_cpu) if stream_cpu else None,
+        "v2_grpc_over_http": ratio(v2_at_32.get("v2-grpc"), v2_at_32.get("v2-http")),
         "saturation": saturation,
         "p99_half_saturation_s": half["latency"]["p99_s"] if half else None,
         # "max queue delay + one batch's compute", the batch being the p99 of what requests rode in

@@ -138,6 +138,9 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         gsc = s.get("grpc_stream_over_rest_cpu")
         if gsc is not None:
             add("gRPC stream ÷ REST @32 per server CPU-second", times(gsc), "(info)", None)
+        gv = s.get("v2_grpc_over_http")
+        if gv is not None:
+            add("KServe v2 gRPC ÷ v2 HTTP @32 (the same C++ client, perf_analyzer)", times(gv), "(info)", None)
         p99, bound, strict = s.get("p99_half_saturation_s"), s.get("p99_bound_s"), s.get("p99_bound_mean_s")
         add(
             "p99 at half saturation",

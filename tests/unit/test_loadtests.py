@@ -310,7 +310,9 @@ def test_render_produces_markdown_with_the_targets() -> None:
 
 
 def test_report_shows_the_stream_next_to_the_unary_grpc() -> None:
-    results = _results(grpc_over_rest=0.99, grpc_stream_over_rest=1.04, grpc_stream_over_rest_cpu=1.06)
+    results = _results(
+        grpc_over_rest=0.99, grpc_stream_over_rest=1.04, grpc_stream_over_rest_cpu=1.06, v2_grpc_over_http=1.07
+    )
     results["offline"] = {"sweep": [], "best": {"label": "b1"}}
     results["rounds"] = [
         {"offline": 100.0, "offline_tok": 90.0, "served": 80.0, "grpc": 79.0, "grpc_stream": 83.0 + i} for i in range(3)
@@ -319,6 +321,8 @@ def test_report_shows_the_stream_next_to_the_unary_grpc() -> None:
     assert rows["gRPC ÷ REST @32 (median of the rounds' ratios)"][1:] == ["0.99x", ">= 1.0x", "NO"]
     assert rows["gRPC stream ÷ REST @32 (median of rounds)"][1] == "1.04x"
     assert rows["gRPC stream ÷ REST @32 (median of rounds)"][3] == "-"  # information, not a target
+    # The transports compared with one compiled client on both.
+    assert rows["KServe v2 gRPC ÷ v2 HTTP @32 (the same C++ client, perf_analyzer)"][1:] == ["1.07x", "(info)", "-"]
     text = render(results)
     header = next(line for line in text.splitlines() if line.startswith("| round"))
     cells = [c.strip() for c in header.strip("|").split("|")]
