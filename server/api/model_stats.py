@@ -1,12 +1,12 @@
 """Per-model cumulative statistics in Triton's shape (ModelStatistics, /v2/models/{name}/stats).
 
-perf_analyzer reads them before and after each measurement and stops when they fail. Fed by the
-protocols that call `record_success` / `record_failure` (KServe v2 over HTTP and gRPC, and the
-typed gRPC service); `execution_count` comes from the batcher's own metric, so it counts every
-model run whatever protocol asked for it. Stage times map as: compute_input = tokenization,
-queue = waiting in the batcher, compute_infer = the model runs, compute_output = decoding.
-`batch_stats` are keyed by the request's row count: the batcher mixes rows of many requests, so
-a request has no model batch of its own.
+perf_analyzer reads them before and after each measurement and stops when they fail. Fed by every
+inference protocol (REST /v1 and the Hugging Face route, the typed gRPC service, KServe v2 over
+HTTP and gRPC) through `record_success` / `record_failure`; `execution_count` comes from the
+batcher's own metric, so it counts every model run whatever protocol asked for it. Stage times
+map as: compute_input = tokenization, queue = waiting in the batcher, compute_infer = the model
+runs, compute_output = decoding. `batch_stats` are keyed by the request's row count: the batcher
+mixes rows of many requests, so a request has no model batch of its own.
 """
 
 from __future__ import annotations

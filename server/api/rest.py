@@ -19,6 +19,7 @@ from server.api.http_common import (
     timing_headers,
     until_disconnect,
 )
+from server.api.model_stats import stats_of
 from server.api.openapi_examples import openapi_body
 from server.core.errors import ErrorKind, ServeError
 from server.core.service import InferenceService, Result
@@ -37,18 +38,21 @@ async def answer(
     """Parse, run (cancelled if the client leaves), translate and count one task request."""
     started = time.perf_counter()
     model_label, task_label = "unknown", task or "unknown"
-    service.metrics.labelled(service.metrics.inflight, protocol).inc()
+    inflight = service.metrics.labelled(service.metrics.inflight, protocol)
+    inflight.inc()
     try:
         payload = await read_json(request, service.settings.max_request_bytes)
         result = await until_disconnect(request, run(payload))
         model_label, task_label = result.model, result.task
+        stats_of(service).record_success(result.model, result.items, result.timings)
         response = json_response(shape(result), headers=timing_headers(result.timings, result.model))
     except ServeError as error:
         if error.model in service.models:
             model_label, task_label = error.model, service.models[error.model].manifest.task
+            stats_of(service).record_failure(error.model, time.perf_counter() - started)
         response = error_response(error)
     finally:
-        service.metrics.labelled(service.metrics.inflight, protocol).dec()
+        inflight.dec()
     service.metrics.observe_request(
         model_label, task_label, protocol, response.status_code, time.perf_counter() - started
     )

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api import v2_tensors as t
+from server.api.hot_path import hot
 from server.api.http_common import (
     deadline_of,
     error_response,
@@ -203,8 +204,7 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
     async def model_stats(name: str, version: str = "") -> Response:
         return answer(lambda: plane.statistics(name, version))
 
-    @router.post(f"{prefix}/infer", summary="Inference over BYTES tensors (JSON or binary)")
-    async def infer(name: str, request: Request, version: str = "") -> Response:
+    async def infer(name: str, version: str, request: Request) -> Response:
         started = time.perf_counter()
         model_label = name if name in service.models else "unknown"
         task_label = service.models[name].manifest.task if name in service.models else "unknown"
@@ -227,3 +227,19 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
             model_label, task_label, PROTOCOL, response.status_code, time.perf_counter() - started
         )
         return response
+
+    # Inference is a hot route (server.api.hot_path): its parameters come from the path alone.
+    summary = "Inference over BYTES tensors (JSON or binary)"
+    if "{version}" in prefix:
+
+        @router.post(f"{prefix}/infer", summary=summary)
+        @hot
+        async def infer_version(name: str, version: str, request: Request) -> Response:
+            return await infer(name, version, request)
+
+    else:
+
+        @router.post(f"{prefix}/infer", summary=summary)
+        @hot
+        async def infer_latest(name: str, request: Request) -> Response:
+            return await infer(name, "", request)

@@ -115,6 +115,7 @@ class Result:
     model: str
     task: str
     timings: Timings = field(default_factory=Timings)
+    items: int = 1  # inputs in the request (a list of n, or one)
 
 
 @dataclass
@@ -166,9 +167,16 @@ class InferenceService:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def load(self, repository: Path) -> None:
-        """Load, warm up and start every model; readiness follows only after all of them."""
+        """Load, warm up and start every model; readiness follows only after all of them.
+
+        A drain that starts meanwhile (SIGTERM while starting) stops the loading at the next model:
+        the loading thread cannot be interrupted, and the process could not exit before it ends.
+        """
         try:
             await asyncio.to_thread(self._load_all, Path(repository))
+            if self.draining:
+                log.info("loading stopped: the server is shutting down")
+                return
             await asyncio.to_thread(self._warm_tokenizers)
             for model in self.models.values():
                 model.batcher.start()
@@ -195,6 +203,8 @@ class InferenceService:
         max_batch_size, max_batch_tokens = batch_limits(self.settings, device)
         tokenizer_pools: dict[str, TokenizerPool] = {}
         for name in wanted:
+            if self.draining:
+                return
             path = available[name]
             manifest = Manifest.read(path)
             precision = select_precision(self.settings.precision, device, manifest)
@@ -302,7 +312,7 @@ class InferenceService:
         except ServeError as error:
             error.model = loaded.name
             raise
-        return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings)
+        return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings, len(values))
 
     async def run_items(
         self, model: str, items: list[Any], deadline: float | None = None, decode: DecodeFn | None = None

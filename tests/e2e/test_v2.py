@@ -300,6 +300,24 @@ def test_statistics_count_inferences(
     assert {"demo-classify", "tag5", "qa-short"} <= {s["name"] for s in everything}
 
 
+def test_statistics_count_rest_requests_too(server: ServerProcess, grpc_client: tgrpc.InferenceServerClient) -> None:
+    """Triton counts every inference of a model, whatever the protocol: so do /v1 and /models/{name}."""
+
+    def stats() -> Any:
+        (model_stats,) = grpc_client.get_inference_statistics("tag5").model_stats
+        return model_stats
+
+    before = stats()
+    rest(server, "tag", "tag5", TEXTS[:3])
+    assert httpx.post(f"{server.url}/models/tag5", json={"inputs": TEXTS[0]}, timeout=60).status_code == 200
+    refused = httpx.post(f"{server.url}/v1/tag", json={"model": "tag5", "inputs": 42}, timeout=60)
+    assert refused.status_code in (400, 422)
+    after = stats()
+    assert after.inference_stats.success.count == before.inference_stats.success.count + 2
+    assert after.inference_count == before.inference_count + 4
+    assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
+
+
 # ---------------------------------------------------------------- errors on the wire
 
 

@@ -46,7 +46,15 @@ def client(asgi: Any) -> httpx.AsyncClient:
 
 def test_the_hot_routes_are_the_inference_routes(dispatcher: Any) -> None:
     paths = {route.path for route in dispatcher.routes}
-    assert paths == {"/v1/classify", "/v1/qa", "/v1/tag", "/v1/discriminate", "/models/{name}"}
+    assert paths == {
+        "/v1/classify",
+        "/v1/qa",
+        "/v1/tag",
+        "/v1/discriminate",
+        "/models/{name}",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+    }
 
 
 async def test_inference_requests_skip_fastapi_and_others_do_not(dispatcher: Any) -> None:

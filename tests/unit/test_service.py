@@ -345,6 +345,35 @@ async def test_idle_cpu_server_gives_freed_heap_back(
         await service.drain(5)
 
 
+async def test_a_drain_during_loading_stops_it_at_the_next_model(
+    export_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """SIGTERM while a repository loads: the model being loaded finishes, no further one starts,
+    nothing is started or reported ready, and load() returns without an error."""
+    import shutil
+
+    from server.core import service as service_module
+
+    model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
+    for copy in ("first", "second", "third"):
+        shutil.copytree(model_dir, tmp_path / copy)
+    service = InferenceService(Settings(device="cpu"), Metrics())
+    loaded: list[str] = []
+    real_runtime = service_module.OnnxModelRuntime
+
+    def runtime_then_sigterm(path: Path, *args: Any) -> Any:
+        loaded.append(path.name)
+        service.draining = True  # what drain() sets first
+        return real_runtime(path, *args)
+
+    monkeypatch.setattr(service_module, "OnnxModelRuntime", runtime_then_sigterm)
+    await service.load(tmp_path)
+    assert loaded == ["first"]
+    assert not service.loaded and not service.ready and service.load_error is None
+    assert sample(service, "electra_model_ready", model="first") is None
+    await service.drain(1)
+
+
 async def test_load_fails_clearly_on_a_missing_model(export_model: Callable[..., Path]) -> None:
     model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
     service = InferenceService(Settings(models="absent-model", device="cpu"), Metrics())
