@@ -29,6 +29,12 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(
         8192, ge=1, description="most padded tokens (rows x longest row) in one model run (unset on CPU: 2048)"
     )
+    max_batch_attention: int = Field(
+        0,
+        ge=0,
+        description="most attention cells (rows x longest row squared) in one model run; 0: no limit "
+        "(unset on CPU: 160000, one 384-token window or 8 rows of 128)",
+    )
     max_queue_delay_ms: float = Field(2.0, ge=0, description="longest wait for more rows before a batch is cut")
     max_padding_ratio: float | None = Field(
         None,

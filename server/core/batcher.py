@@ -3,12 +3,13 @@
 Requests hand in rows (unpadded token sequences). The loop waits for the first row, then up
 to `max_queue_delay_ms` (counted from the oldest queued row, as Triton does) for more, and
 cuts a batch bounded by `max_batch_size` rows and `max_batch_tokens` padded tokens (rows x
-longest row: the model pads, so that is what it computes). Rows within a sort window are
-grouped by length to cut padding, but every batch contains the oldest queued row, so no row
-starves. Expired and abandoned rows are dropped before they reach the model. The model runs on
-a dedicated executor thread; while every thread is busy, the next batch is staged only once it
-is full (a partial one keeps growing until a thread frees up). Results are scattered back to
-each request, and every request ends with a result or an error, never waiting forever.
+longest row: the model pads, so that is what it computes), and optionally by attention cells
+(rows x longest row squared). Rows within a sort window are grouped by length to cut padding,
+but every batch contains the oldest queued row, so no row starves. Expired and abandoned rows
+are dropped before they reach the model. The model runs on a dedicated executor thread; while
+every thread is busy, the next batch is staged only once it is full (a partial one keeps growing
+until a thread frees up). Results are scattered back to each request, and every request ends
+with a result or an error, never waiting forever.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class DynamicBatcher:
         pad_token_id: int = 0,
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
+        max_batch_attention: int | None = None,
         max_queue_delay_ms: float = 5.0,
         max_queue_size: int = 1024,
         max_inflight_batches: int = 1,
@@ -103,6 +105,9 @@ class DynamicBatcher:
         name: str = "model",
     ) -> None:
         """
+        max_batch_attention: most rows x longest row^2 (each head's attention scores) in a batch;
+          None: no limit. On a CPU long rows run faster alone than together (the scores fall out
+          of the cache), while short rows still gain from batching.
         sort_window: how many queued rows (oldest first) are length-grouped together; None: four
           batches' worth; 0: strict FIFO.
         max_padding_ratio: a batch stops growing before its padding (padded tokens / all tokens)
@@ -128,6 +133,9 @@ class DynamicBatcher:
         self._pad = pad_token_id
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
+        if max_batch_attention is not None and max_batch_attention < 1:
+            raise ValueError(f"max_batch_attention must be >= 1 or None, got {max_batch_attention}")
+        self.max_batch_attention = max_batch_attention
         self.max_queue_delay_s = max(0.0, max_queue_delay_ms) / 1000.0
         self.max_queue_size = max_queue_size
         self.max_inflight_batches = max_inflight_batches
@@ -357,7 +365,7 @@ class DynamicBatcher:
 
     def _select(self, window: list[_Entry]) -> tuple[list[_Entry], bool]:
         """Rows for the next batch (always including the oldest) and whether a limit was reached."""
-        max_rows, max_tokens = self.max_batch_size, self.max_batch_tokens
+        max_rows, max_tokens, max_cells = self.max_batch_size, self.max_batch_tokens, self.max_batch_attention
         # Padding limit as a bound on padded tokens: rows x longest <= real / (1 - ratio).
         slack = None if self.max_padding_ratio is None else 1.0 / (1.0 - self.max_padding_ratio)
         if self._fifo:
@@ -366,10 +374,9 @@ class DynamicBatcher:
             for entry in window:
                 longest_if = max(longest, entry.length)
                 padded_if = (len(chosen) + 1) * longest_if
-                if chosen and (
-                    padded_if > max_tokens or (slack is not None and padded_if > slack * (real + entry.length))
-                ):
-                    return chosen, padded_if > max_tokens
+                too_big = padded_if > max_tokens or (max_cells is not None and padded_if * longest_if > max_cells)
+                if chosen and (too_big or (slack is not None and padded_if > slack * (real + entry.length))):
+                    return chosen, too_big
                 chosen.append(entry)
                 longest = longest_if
                 real += entry.length
@@ -396,6 +403,8 @@ class DynamicBatcher:
                 return order[lo : hi + 1], False
             for _, side, longest_if, length in sorted(candidates):
                 if count * longest_if > max_tokens:
+                    continue
+                if max_cells is not None and count * longest_if * longest_if > max_cells:
                     continue
                 if slack is not None and count * longest_if > slack * (real + length):
                     continue

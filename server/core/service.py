@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from server.core.batcher import DynamicBatcher
 from server.core.errors import ErrorKind, ServeError
@@ -47,17 +47,26 @@ MAX_PADDING_RATIO: dict[str, float | None] = {"cpu": 0.1, "cuda": None}
 # CPU defaults for the batch limits a user did not set (the Settings defaults suit a GPU).
 # Measured on the demo classifier (2 cores, length-sorted batches): CPU time per row is lowest
 # at 3-6 rows (9.2 ms vs 11.3 at 1 row) and rises past 8 (12.1 ms at 16): bigger batches fall
-# out of the caches. A 2,048-token budget also bounds the activations of long rows (QA windows
-# of 384 tokens: 5 a batch), which at 8,192 tokens lifted the server's peak RSS by 200 MB.
-CPU_BATCH_DEFAULTS = {"max_batch_size": 8, "max_batch_tokens": 2048}
+# out of the caches. A 2,048-token budget also bounds the activations of long rows. Long rows
+# batch badly on a CPU: one thread, demo models, CPU time per row of 384 tokens is 84 ms alone
+# and 115 ms in batches of 2 or 4, of 256 tokens 53 ms alone or in 2s and 73 ms in 4s, while rows
+# of 128 tokens get cheaper up to 8 (35 -> 25 ms): what grows is rows x length^2, each head's
+# attention scores, hence a limit on that (160,000: one 384-token window, 2 x 256, 8 x 128).
+CPU_BATCH_DEFAULTS = {"max_batch_size": 8, "max_batch_tokens": 2048, "max_batch_attention": 160_000}
 
 
-def batch_limits(settings: Settings, device: str) -> tuple[int, int]:
-    """(max_batch_size, max_batch_tokens): what the user set, else the device's default."""
-    limits = {"max_batch_size": settings.max_batch_size, "max_batch_tokens": settings.max_batch_tokens}
+class BatchLimits(NamedTuple):
+    max_batch_size: int
+    max_batch_tokens: int
+    max_batch_attention: int | None  # None: no limit
+
+
+def batch_limits(settings: Settings, device: str) -> BatchLimits:
+    """The batcher's limits: what the user set, else the device's default."""
+    limits = {name: getattr(settings, name) for name in BatchLimits._fields}
     if device == "cpu":
         limits.update({k: v for k, v in CPU_BATCH_DEFAULTS.items() if k not in settings.model_fields_set})
-    return limits["max_batch_size"], limits["max_batch_tokens"]
+    return BatchLimits(limits["max_batch_size"], limits["max_batch_tokens"], limits["max_batch_attention"] or None)
 
 
 def _text_chars(items: list[Any], limit: int) -> int:
@@ -200,7 +209,7 @@ class InferenceService:
         options = runtime_options(self.settings, device)
         if not options.enable_cpu_mem_arena:
             self._trim_heap = limit_heap_retention()
-        max_batch_size, max_batch_tokens = batch_limits(self.settings, device)
+        max_batch_size, max_batch_tokens, max_batch_attention = batch_limits(self.settings, device)
         tokenizer_pools: dict[str, TokenizerPool] = {}
         for name in wanted:
             if self.draining:
@@ -219,6 +228,7 @@ class InferenceService:
                 pad_token_id=tokenizers.pad_token_id,
                 max_batch_size=max_batch_size,
                 max_batch_tokens=max_batch_tokens,
+                max_batch_attention=max_batch_attention,
                 max_queue_delay_ms=self.settings.max_queue_delay_ms,
                 max_queue_size=self.settings.max_queue_size,
                 max_inflight_batches=inflight,

@@ -169,6 +169,22 @@ async def test_batch_size_and_token_budget_are_respected() -> None:
     assert (1, 150) in fake.shapes
 
 
+@pytest.mark.parametrize("sort_window", [None, 0], ids=["length-sorted", "fifo"])
+async def test_attention_limit_keeps_long_rows_apart_and_short_ones_together(sort_window: int | None) -> None:
+    """rows x longest^2 <= 10,000: rows of 100 run alone, rows of 60 in pairs, rows of 10 in eights."""
+    fake = FakeRuntime()
+    limits = {"max_batch_size": 8, "max_batch_tokens": 10_000, "max_batch_attention": 10_000}
+    async with running(fake, sort_window=sort_window, **limits) as batcher:
+        groups = [[row(100)] for _ in range(3)] + [[row(60)] for _ in range(4)] + [[row(10)] for _ in range(16)]
+        results = await asyncio.gather(*(batcher.submit(g) for g in groups))
+    for group, result in zip(groups, results, strict=True):
+        check(group, result)
+    assert all(rows_ * width * width <= 10_000 for rows_, width in fake.shapes)
+    assert sorted(fake.shapes) == [(1, 100), (1, 100), (1, 100), (2, 60), (2, 60), (8, 10), (8, 10)]
+    with pytest.raises(ValueError, match="max_batch_attention"):
+        DynamicBatcher(FakeRuntime(), max_batch_attention=0)
+
+
 async def test_padding_uses_pad_token_and_zero_masks() -> None:
     fake = FakeRuntime()
     async with running(fake, max_batch_size=4) as batcher:

@@ -386,11 +386,15 @@ def test_cpu_batch_defaults_apply_only_to_limits_the_user_left_unset() -> None:
     from server.core.service import CPU_BATCH_DEFAULTS, batch_limits
     from server.settings import Settings
 
-    cpu_defaults = (CPU_BATCH_DEFAULTS["max_batch_size"], CPU_BATCH_DEFAULTS["max_batch_tokens"])
-    assert batch_limits(Settings(), "cpu") == cpu_defaults
-    assert batch_limits(Settings(), "cuda") == (32, 8192)
-    assert batch_limits(Settings(max_batch_size=24), "cpu") == (24, CPU_BATCH_DEFAULTS["max_batch_tokens"])
-    assert batch_limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu") == (24, 4096)
+    cpu = CPU_BATCH_DEFAULTS
+    tokens, cells = cpu["max_batch_tokens"], cpu["max_batch_attention"]
+    assert batch_limits(Settings(), "cpu") == (cpu["max_batch_size"], tokens, cells)
+    assert batch_limits(Settings(), "cuda") == (32, 8192, None)
+    assert batch_limits(Settings(max_batch_size=24), "cpu") == (24, tokens, cells)
+    assert batch_limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu")[:2] == (24, 4096)
+    # 0 means no limit, on CPU too once the user says so; on CUDA a set limit applies.
+    assert batch_limits(Settings(max_batch_attention=0), "cpu").max_batch_attention is None
+    assert batch_limits(Settings(max_batch_attention=50_000), "cuda").max_batch_attention == 50_000
 
 
 def test_padding_limit_is_the_devices_default_unless_set() -> None:
