@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import httpx
 import orjson
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, start_server
@@ -220,8 +222,18 @@ async def test_sigterm_answers_accepted_requests_then_exits_0(demo_repository: P
                 assert time.monotonic() < deadline, "requests never queued"
                 await asyncio.sleep(0.02)
             assert not any(task.done() for task in accepted)
+            # gRPC health (what a Kubernetes grpc probe or a load balancer watches) on the wire.
+            channel = grpc.aio.insecure_channel(handle.grpc_target)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.SERVING
             handle.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
+            # Drain begins with NOT_SERVING, while the accepted requests are still queued.
+            update = await asyncio.wait_for(watch.read(), 2)
+            assert update.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            assert not any(task.done() for task in accepted)
+            watch.cancel()
+            await channel.close()
 
             # Draining: not ready, and new work is refused (or the port is already closed).
             for _ in range(100):
