@@ -321,22 +321,24 @@ def drops(server: ServerProcess, model: str) -> dict[str, float]:
 
 
 def test_cancelled_requests_never_reach_the_model(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
-    # A request of ~1,900 windows (the queue holds 2,048 rows) keeps qa-short's batcher busy; a
-    # one-row request sent behind it waits in the queue, as the oldest rows go first. Cancelling
-    # that one must drop its row unrun, while the long request is answered as usual.
-    context = " ".join(f"Paragraph {i}: the experiment number {i * 37} ran for {i + 3} days." for i in range(3000))
+    # A request of ~50 windows of 384 tokens keeps demo-qa's batcher busy for seconds (a window runs
+    # alone on CPU, tens of milliseconds each; a tiny model's windows ran out before the cancel
+    # arrived on a loaded CI host); a one-row request sent behind it waits in the queue, as the
+    # oldest rows go first. Cancelling that one must drop its row unrun, while the long request is
+    # answered as usual.
+    context = " ".join(f"Paragraph {i}: the experiment number {i * 37} ran for {i + 3} days." for i in range(800))
     long_request = pb.AnswerQuestionRequest(
-        model="qa-short", inputs=[pb.QaInput(question="Which experiment ran longest?", context=context)]
+        model="demo-qa", inputs=[pb.QaInput(question="Which experiment ran longest?", context=context)]
     )
     short_request = pb.AnswerQuestionRequest(
-        model="qa-short", inputs=[pb.QaInput(question="Where was she born?", context="She was born in Warsaw.")]
+        model="demo-qa", inputs=[pb.QaInput(question="Where was she born?", context="She was born in Warsaw.")]
     )
-    cancelled = {"model": "qa-short", "reason": "cancelled"}
-    assert wait_for_queue(server, "qa-short", empty=True) == 0, "qa-short is busy with an earlier request"
+    cancelled = {"model": "demo-qa", "reason": "cancelled"}
+    assert wait_for_queue(server, "demo-qa", empty=True) == 0, "demo-qa is busy with an earlier request"
     assert metric(server, "electra_inflight_requests", protocol="grpc") == 0
     before = metric(server, "electra_dropped_total", **cancelled)
     blocker = stub.AnswerQuestion.future(long_request, timeout=120)
-    assert wait_for_queue(server, "qa-short", empty=False) > 0, "the long request was never seen queued"
+    assert wait_for_queue(server, "demo-qa", empty=False) > 0, "the long request was never seen queued"
     waiting = stub.AnswerQuestion.future(short_request, timeout=120)
     deadline = time.monotonic() + 10
     while metric(server, "electra_inflight_requests", protocol="grpc") < 2 and time.monotonic() < deadline:
@@ -346,10 +348,10 @@ def test_cancelled_requests_never_reach_the_model(server: ServerProcess, stub: p
     waiting.cancel()
     assert waiting.cancelled()
     dropped = wait_for_metric(server, "electra_dropped_total", before, **cancelled) - before
-    assert dropped == 1, f"{dropped} rows dropped as cancelled; all drops: {drops(server, 'qa-short')}"
+    assert dropped == 1, f"{dropped} rows dropped as cancelled; all drops: {drops(server, 'demo-qa')}"
     assert blocker.result().results[0].answers
     # Nothing of it is left behind in the queue.
-    assert wait_for_queue(server, "qa-short", empty=True) == 0
+    assert wait_for_queue(server, "demo-qa", empty=True) == 0
 
 
 def test_requests_are_counted_with_protocol_grpc(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
