@@ -213,6 +213,13 @@ async def test_sigterm_answers_accepted_requests_then_exits_0(demo_repository: P
     try:
         handle.wait_ready()
         async with httpx.AsyncClient(base_url=handle.url, timeout=60) as client:
+            # gRPC health (what a Kubernetes grpc probe or a load balancer watches) on the wire.
+            channel = grpc.aio.insecure_channel(handle.grpc_target)
+            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            # gRPC health follows readiness within its 0.5 s poll: wait for SERVING first.
+            status = None
+            while status != health_pb2.HealthCheckResponse.SERVING:
+                status = (await asyncio.wait_for(watch.read(), 10)).status
             accepted = [
                 asyncio.create_task(client.post("/v1/classify", json={"inputs": f"accepted {i}"})) for i in range(6)
             ]
@@ -222,10 +229,6 @@ async def test_sigterm_answers_accepted_requests_then_exits_0(demo_repository: P
                 assert time.monotonic() < deadline, "requests never queued"
                 await asyncio.sleep(0.02)
             assert not any(task.done() for task in accepted)
-            # gRPC health (what a Kubernetes grpc probe or a load balancer watches) on the wire.
-            channel = grpc.aio.insecure_channel(handle.grpc_target)
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
-            assert (await asyncio.wait_for(watch.read(), 10)).status == health_pb2.HealthCheckResponse.SERVING
             handle.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
             # Drain begins with NOT_SERVING, while the accepted requests are still queued.
