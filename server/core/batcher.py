@@ -365,7 +365,7 @@ class DynamicBatcher:
 
     def _select(self, window: list[_Entry]) -> tuple[list[_Entry], bool]:
         """Rows for the next batch (always including the oldest) and whether a limit was reached."""
-        max_rows, max_tokens, max_cells = self.max_batch_size, self.max_batch_tokens, self.max_batch_attention
+        max_rows = self.max_batch_size
         # Padding limit as a bound on padded tokens: rows x longest <= real / (1 - ratio).
         slack = None if self.max_padding_ratio is None else 1.0 / (1.0 - self.max_padding_ratio)
         if self._fifo:
@@ -374,7 +374,7 @@ class DynamicBatcher:
             for entry in window:
                 longest_if = max(longest, entry.length)
                 padded_if = (len(chosen) + 1) * longest_if
-                too_big = padded_if > max_tokens or (max_cells is not None and padded_if * longest_if > max_cells)
+                too_big = self._too_big(len(chosen) + 1, longest_if)
                 if chosen and (too_big or (slack is not None and padded_if > slack * (real + entry.length))):
                     return chosen, too_big
                 chosen.append(entry)
@@ -402,9 +402,7 @@ class DynamicBatcher:
             if not candidates:
                 return order[lo : hi + 1], False
             for _, side, longest_if, length in sorted(candidates):
-                if count * longest_if > max_tokens:
-                    continue
-                if max_cells is not None and count * longest_if * longest_if > max_cells:
+                if self._too_big(count, longest_if):
                     continue
                 if slack is not None and count * longest_if > slack * (real + length):
                     continue
@@ -422,6 +420,12 @@ class DynamicBatcher:
                 # would rarely fit better.
                 return order[lo : hi + 1], True
         return order[lo : hi + 1], True
+
+    def _too_big(self, rows: int, longest: int) -> bool:
+        """Whether a batch of `rows` padded to `longest` passes the token or attention limit."""
+        padded = rows * longest
+        cells = self.max_batch_attention
+        return padded > self.max_batch_tokens or (cells is not None and padded * longest > cells)
 
     def _remove(self, chosen: list[_Entry]) -> None:
         """Take the chosen entries off the queue (they all sit within its first window)."""
