@@ -12,7 +12,7 @@ It measures, in this order:
 2. side-by-side rounds: the best offline configuration, then the server over REST at 32
    clients, alternately, so a noisy shared host weighs on both the same way (medians reported);
 3. the server, closed loop at 1, 8, 32, 128 clients, over every protocol it offers (REST with
-   wrk; typed gRPC, unary calls and one bidirectional Stream per connection, with the asyncio
+   wrk; typed gRPC, unary calls and one bidirectional Stream per connection, with the Python
    client; KServe v2 HTTP and gRPC with perf_analyzer);
 4. the server, open loop with Poisson arrivals at fractions of the saturation throughput;
 5. the long-context QA set (offline windows/s and served questions/s);
@@ -1133,8 +1133,8 @@ def _clients_line(protocols: list[str]) -> str:
         parts.append("REST closed loop: " + ("wrk (C)" if wrk.available() else "Python asyncio (aiohttp)"))
     if "grpc" in protocols or "grpc-stream" in protocols:
         parts.append(
-            "gRPC typed: Python asyncio (grpc.aio, requests serialized beforehand;"
-            " unary calls, and one bidirectional Stream per connection)"
+            "gRPC typed: Python, requests serialized beforehand (unary calls on grpc's synchronous API"
+            " with completion callbacks; one bidirectional Stream per connection on grpc.aio)"
         )
     if any(p.startswith("v2-") for p in protocols):
         parts.append("KServe v2: perf_analyzer (C++)")

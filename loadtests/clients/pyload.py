@@ -1,5 +1,6 @@
-"""The Python load generator: asyncio (uvloop when installed), closed loop or open loop (Poisson),
-over REST (aiohttp) or the typed gRPC API (`electra.v1`, grpc.aio).
+"""The Python load generator: closed loop or open loop (Poisson), over REST (aiohttp on asyncio,
+uvloop when installed) or the typed gRPC API (`electra.v1`): grpc.aio, except closed-loop unary
+calls, which run on grpc's synchronous API with completion callbacks (no event loop: cheaper).
 
 Run as a child process by the bench so its CPU is measured on its own:
 
@@ -24,6 +25,7 @@ import contextlib
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -77,6 +79,10 @@ def _record_stages(headers: Any) -> None:
                 stages[name].append(float(raw))
 
 
+def stage_summary() -> dict[str, dict[str, float]]:
+    return {name: {"p50": percentile(v, 50), "p99": percentile(v, 99), "n": len(v)} for name, v in stages.items() if v}
+
+
 def grpc_request(task: str, body: dict[str, Any]) -> tuple[str, Any]:
     """(method name, typed request) for a REST body."""
     from proto.electra.v1 import electra_pb2 as pb
@@ -116,13 +122,12 @@ STAGE_SAMPLE = 16
 _GRPC_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
 
 
-def _open_channels(address: str, channels: int) -> list[Any]:
+def _open_channels(address: str, channels: int, *, aio: bool = True) -> list[Any]:
     import grpc
 
+    insecure_channel = grpc.aio.insecure_channel if aio else grpc.insecure_channel
     # Several channels: one HTTP/2 connection serialises its frames; more spread the work.
-    return [
-        grpc.aio.insecure_channel(address, options=[*_GRPC_OPTIONS, ("grpc.channel_id", k)]) for k in range(channels)
-    ]
+    return [insecure_channel(address, options=[*_GRPC_OPTIONS, ("grpc.channel_id", k)]) for k in range(channels)]
 
 
 async def grpc_sender(
@@ -300,6 +305,92 @@ async def _stream_sender(
     return send, close
 
 
+def closed_loop_futures(
+    address: str,
+    task: str,
+    bodies: list[bytes],
+    *,
+    concurrency: int,
+    duration_s: float,
+    offset: int,
+    timeout_s: float,
+    channels: int = 1,
+    server_pid: int | None = None,
+) -> dict[str, Any]:
+    """Closed-loop unary calls on grpc's synchronous API: each client's next call is started from
+    its previous call's completion callback, on grpc's own thread, with no event loop in between.
+    On this 2-core host that costs 0.28 ms of client CPU a call against grpc.aio's 0.45 (side by
+    side at 32 clients), CPU taken from the server it measures."""
+    import grpc
+
+    typed = [grpc_request(task, orjson.loads(b)) for b in bodies]
+    payloads = [request.SerializeToString() for _, request in typed]
+    opened = _open_channels(address, channels, aio=False)
+    calls = [
+        c.unary_unary(
+            f"/{SERVICE}/{typed[0][0]}", request_serializer=None, response_deserializer=None, _registered_method=True
+        )
+        for c in opened
+    ]
+    n_payloads, n_calls = len(payloads), len(calls)
+    lock = threading.Lock()
+    latencies: list[float] = []
+    errors = sent = 0
+    running = concurrency
+    all_stopped = threading.Event()
+    stop_at = math.inf
+
+    def start(i: int) -> None:
+        started = time.perf_counter()
+        future = calls[i % n_calls].future(payloads[i % n_payloads], timeout=timeout_s)
+        future.add_done_callback(lambda f: finish(f, i, started))
+
+    def finish(future: Any, i: int, started: float) -> None:
+        nonlocal errors, sent, running
+        now = time.perf_counter()
+        ok = future.code() is grpc.StatusCode.OK
+        with lock:
+            sent += 1
+            sampled = sent % STAGE_SAMPLE == 0
+            if ok:
+                latencies.append(now - started)
+            else:
+                errors += 1
+        if ok and sampled:
+            with lock:
+                _record_stages(dict(future.trailing_metadata() or ()))
+        if now < stop_at:
+            start(i + 1)
+            return
+        with lock:
+            running -= 1
+            if running == 0:
+                all_stopped.set()
+
+    try:
+        # One call first: the connection opens and the first call's setup is not measured.
+        with contextlib.suppress(grpc.RpcError):
+            calls[0](payloads[offset % n_payloads], timeout=timeout_s)
+        cpu0 = time.process_time()
+        meter = _Meter(server_pid)
+        begun = time.perf_counter()
+        stop_at = begun + duration_s
+        for k in range(concurrency):
+            start(offset + k * 7919)
+        all_stopped.wait(duration_s + timeout_s + 5)
+        result: dict[str, Any] = {
+            "latencies": latencies,
+            "errors": errors + running,  # calls still out after the timeout count as failed
+            "duration_s": time.perf_counter() - begun,
+            "client_cpu_s": time.process_time() - cpu0,
+        }
+        result.update(meter.stop())
+        return result
+    finally:
+        for channel in opened:
+            channel.close()
+
+
 # ---------------------------------------------------------------- loops
 
 
@@ -424,9 +515,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             result = await open_loop(send, args.rate, args.duration, args.seed, args.offset, args.drain)
         result["client_cpu_s"] = time.process_time() - cpu0
         result.update(meter.stop())
-        result["stages_ms"] = {
-            name: {"p50": percentile(v, 50), "p99": percentile(v, 99), "n": len(v)} for name, v in stages.items() if v
-        }
+        result["stages_ms"] = stage_summary()
     finally:
         await close()
     return result
@@ -465,8 +554,22 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
         runner = asyncio.Runner()
-    with runner:
-        result = runner.run(main_async(args))
+    if args.target == "grpc" and args.mode == "closed" and args.grpc_call == "unary":
+        result = closed_loop_futures(
+            args.address,
+            args.task,
+            read_bodies(args.bodies),
+            concurrency=args.concurrency,
+            duration_s=args.duration,
+            offset=args.offset,
+            timeout_s=args.timeout,
+            channels=args.channels,
+            server_pid=args.server_pid,
+        )
+        result["stages_ms"] = stage_summary()
+    else:
+        with runner:
+            result = runner.run(main_async(args))
     text = json.dumps(result)
     if args.out:
         args.out.write_text(text)

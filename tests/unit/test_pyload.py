@@ -1,6 +1,6 @@
-"""The Python load generator's typed gRPC senders (unary calls and the bidirectional Stream)
-against a small in-process fake of electra.v1.ElectraService, and the report's Stream rows.
-No model, no timing assertions."""
+"""The Python load generator's typed gRPC senders (unary calls, the bidirectional Stream, and the
+closed loop on grpc's synchronous API) against a small in-process fake of
+electra.v1.ElectraService, and the report's Stream rows. No model, no timing assertions."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ class FakeService:
         self.classify_models.append(request.model)
         if request.model == BAD:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad model")
+        if request.model == SILENT:
+            await asyncio.sleep(3600)  # until the client's deadline or the server stops
         context.set_trailing_metadata((("x-queue-time", "1.5"), ("x-total-time", "4.0")))
         return pb.ClassifyResponse(model=request.model).SerializeToString()
 
@@ -190,3 +192,41 @@ async def test_stream_that_breaks_fails_what_is_pending_and_what_follows(fake) -
         assert await asyncio.wait_for(send(1), timeout=10) is False
     finally:
         await close()
+
+
+async def test_futures_closed_loop_counts_outcomes_and_stops_by_itself(fake) -> None:
+    service, address, _ = fake
+    models = [GOOD, GOOD, BAD]
+    # Blocking (grpc's synchronous API): run it off this loop, which serves the fake.
+    result = await asyncio.to_thread(
+        pyload.closed_loop_futures,
+        address,
+        "classify",
+        bodies(*models),
+        concurrency=4,
+        duration_s=0.5,
+        offset=0,
+        timeout_s=5.0,
+        channels=2,
+    )
+    answered = len(service.classify_models) - 1  # the unmeasured first call
+    assert answered == len(result["latencies"]) + result["errors"]
+    # Each client walks the bodies in order, so a third of its calls hit the BAD model.
+    assert result["errors"] >= 4 and len(result["latencies"]) >= 8
+    assert 0.5 <= result["duration_s"] < 5.0 and result["client_cpu_s"] > 0
+    assert set(pyload.stages["x-queue-time"]) == {1.5}  # sampled from successful calls
+
+
+async def test_futures_closed_loop_counts_unanswered_calls_as_errors(fake) -> None:
+    _, address, _ = fake
+    result = await asyncio.to_thread(
+        pyload.closed_loop_futures,
+        address,
+        "classify",
+        bodies(GOOD, SILENT),
+        concurrency=2,
+        duration_s=0.3,
+        offset=0,
+        timeout_s=0.5,
+    )
+    assert result["errors"] >= 1 and result["latencies"]
