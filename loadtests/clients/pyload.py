@@ -351,14 +351,12 @@ def closed_loop_futures(
         ok = future.code() is grpc.StatusCode.OK
         with lock:
             sent += 1
-            sampled = sent % STAGE_SAMPLE == 0
-            if ok:
-                latencies.append(now - started)
-            else:
+            if not ok:
                 errors += 1
-        if ok and sampled:
-            with lock:
-                _record_stages(dict(future.trailing_metadata() or ()))
+            else:
+                latencies.append(now - started)
+                if sent % STAGE_SAMPLE == 0:
+                    _record_stages(dict(future.trailing_metadata() or ()))
         if now < stop_at:
             start(i + 1)
             return
@@ -548,12 +546,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-pid", type=int, help="measure this process's CPU over the load phase")
     parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
-    except ImportError:
-        runner = asyncio.Runner()
     if args.target == "grpc" and args.mode == "closed" and args.grpc_call == "unary":
         result = closed_loop_futures(
             args.address,
@@ -568,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         result["stages_ms"] = stage_summary()
     else:
+        try:
+            import uvloop
+
+            runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        except ImportError:
+            runner = asyncio.Runner()
         with runner:
             result = runner.run(main_async(args))
     text = json.dumps(result)
