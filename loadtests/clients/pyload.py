@@ -143,20 +143,25 @@ async def grpc_sender(
     return _unary_sender(opened, typed, timeout_s)
 
 
+def _unary_calls(opened: list[Any], typed: list[tuple[str, Any]]) -> tuple[list[bytes], list[Any]]:
+    """The requests serialized once, and the typed method on each channel (sync or aio alike)."""
+    payloads = [request.SerializeToString() for _, request in typed]
+    # No (de)serializers: bytes in, bytes out. Registered like the generated stubs' methods.
+    calls = [
+        c.unary_unary(
+            f"/{SERVICE}/{typed[0][0]}", request_serializer=None, response_deserializer=None, _registered_method=True
+        )
+        for c in opened
+    ]
+    return payloads, calls
+
+
 def _unary_sender(
     opened: list[Any], typed: list[tuple[str, Any]], timeout_s: float
 ) -> tuple[Sender, Callable[[], Awaitable[None]]]:
     import grpc
 
-    method = typed[0][0]
-    payloads = [request.SerializeToString() for _, request in typed]
-    # No (de)serializers: bytes in, bytes out. Registered like the generated stubs' methods.
-    calls = [
-        c.unary_unary(
-            f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None, _registered_method=True
-        )
-        for c in opened
-    ]
+    payloads, calls = _unary_calls(opened, typed)
     n_payloads, n_calls = len(payloads), len(calls)
     error = grpc.aio.AioRpcError
     sent = 0
@@ -323,15 +328,8 @@ def closed_loop_futures(
     side at 32 clients), CPU taken from the server it measures."""
     import grpc
 
-    typed = [grpc_request(task, orjson.loads(b)) for b in bodies]
-    payloads = [request.SerializeToString() for _, request in typed]
     opened = _open_channels(address, channels, aio=False)
-    calls = [
-        c.unary_unary(
-            f"/{SERVICE}/{typed[0][0]}", request_serializer=None, response_deserializer=None, _registered_method=True
-        )
-        for c in opened
-    ]
+    payloads, calls = _unary_calls(opened, [grpc_request(task, orjson.loads(b)) for b in bodies])
     n_payloads, n_calls = len(payloads), len(calls)
     lock = threading.Lock()
     latencies: list[float] = []
