@@ -170,6 +170,7 @@ def export_checkpoint(
             labels=ckpt.labels_of(checkpoint),
             problem_type=problem_type,
             tokenizer="tokenizer.json",
+            tokenizer_sha256=sha256_of(staging / "tokenizer.json"),
             do_lower_case=bool(getattr(tokenizer, "do_lower_case", True)),
             num_heads=config.num_attention_heads,
             hidden_size=config.hidden_size,

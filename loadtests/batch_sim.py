@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from loadtests.data import target_lengths
 from loadtests.offline import plan_batches
 from server.core.batcher import DynamicBatcher, _Entry, _Request
+from server.core.config import BatchPolicy
 
 FIXED_MS, PER_TOKEN_MS = 1.5, 0.17
 
@@ -71,10 +72,12 @@ def closed_loop(
     """The server at `clients` concurrent clients, as the batcher would cut and stage its batches."""
     policy = DynamicBatcher(
         lambda *_: {},
-        max_batch_size=max_batch_size,
-        max_batch_tokens=max_batch_tokens,
-        max_padding_ratio=max_padding_ratio,
-        max_inflight_batches=workers,
+        BatchPolicy(
+            max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+            max_padding_ratio=max_padding_ratio,
+            max_inflight_batches=workers,
+        ),
     )
     rng = random.Random(seed)
     queue: list[_Entry] = []
@@ -124,8 +127,7 @@ def closed_loop(
     while done < answers:
         now, _, kind, batch = heapq.heappop(events)
         if kind == "arrive":
-            request = _Request(rows=[], future=None, deadline=None, submitted=now, outputs=[None], queued=1,  # type: ignore[arg-type]
-                               unfinished=1)  # fmt: skip
+            request = _Request(rows=[], future=None, deadline=None, submitted=now, outputs=[None], unfinished=1)
             queue.append(_Entry(request, 0, lengths[rng.randrange(len(lengths))]))
         elif kind == "finish":
             running -= 1

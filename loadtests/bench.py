@@ -55,7 +55,6 @@ from loadtests.promscrape import BatchStats, Samples, parse, value
 from loadtests.schedule import rate_ladder
 from loadtests.servers import HOST, ServerProcess, electra_server, naive_server, offered_protocols
 from loadtests.stats import median, ratio
-from server.core.service import batch_limits
 from server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -545,7 +544,7 @@ def qa_phase(ctx: Context, cores: int) -> dict[str, Any] | None:
     lengths = [len(r) for r in rows]
     bench = OfflineBench(model_dir, ctx.args.device)
     # The server's own token budget (what the user passed, else its device default).
-    budget = batch_limits(load_settings(list(ctx.args.server_arg)), ctx.args.device)[1]
+    budget = load_settings(list(ctx.args.server_arg)).core_config().batch_policy(ctx.args.device).max_batch_tokens
     measured = []
     candidates = (
         [OfflineConfig(b, "sorted", 1, cores) for b in ((1, 4) if ctx.plan.quick else (1, 4, 8))]

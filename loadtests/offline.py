@@ -24,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from server.core.heap import limit_heap_retention
+from server.core.loader import runtime_options
 from server.core.manifest import Manifest
 from server.core.rows import Row
-from server.core.runtime import OnnxModelRuntime, limit_heap_retention
-from server.core.service import runtime_options
+from server.core.runtime import OnnxModelRuntime
 from server.core.tasks import TASKS
 from server.core.tokenizer import TokenizerPool
 from server.settings import Settings
@@ -165,7 +166,9 @@ class OfflineBench:
             # One topology at a time: idle sessions of another keep their thread pools and memory.
             self.close()
             options = replace(
-                runtime_options(Settings(device=self.device), self.device),
+                runtime_options(
+                    config := Settings(device=self.device).core_config(), self.device, config.batch_policy(self.device)
+                ),
                 intra_op_threads=threads,
                 cpu_sessions=1,
                 runs_per_session=sessions,
@@ -205,7 +208,8 @@ class OfflineBench:
         if texts is not None:
             if len(texts) != len(rows):
                 raise ValueError("tokenizing runs need exactly one item per row")
-            _, params, _ = task.parse(list(texts[:1]), parameters, self.manifest)
+            # The server's typed items (what its front ends hand the encoder), parsed once.
+            texts, params, _ = task.parse(list(texts), parameters, self.manifest)
 
         def job(batch: list[int]) -> Callable[[], None]:
             if texts is None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from pydantic import ValidationError
@@ -17,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"electra-serve: error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.logs import configure
+
+    configure(settings.log_level, settings.log_format)
     repository = settings.model_repository
     if repository is None:
         from server.demo_repository import ensure_demo_repository
@@ -30,8 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     elif not repository.is_dir():
         print(f"electra-serve: error: model repository {repository} is not a directory", file=sys.stderr)
         return 2
-    from server.runner import serve
+    import ssl
 
+    from server.runner import Security, serve
+
+    try:
+        security = Security.from_settings(settings)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        print(f"electra-serve: error: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
 
@@ -39,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         loop_factory = None
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(settings, repository))
+        return runner.run(serve(settings, repository, security))
 
 
 if __name__ == "__main__":

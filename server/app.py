@@ -1,32 +1,39 @@
-"""The FastAPI application: routers for every HTTP protocol and one error shape for all of them."""
+"""The FastAPI application: routers for every HTTP protocol and one error shape for all of them,
+served behind the hot-path dispatcher (request ids, authentication, the inference routes)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api import hf, rest
-from server.api.hot_path import HotPathDispatcher, hot_routes
-from server.api.http_common import error_response, json_response
+from server.api import hf, rest, v2_http
+from server.api.hot_path import Guard, HotPathDispatcher, hot_routes
+from server.api.http_common import HttpLimits, error_response, json_response
+from server.api.repository import RepositoryControl
 from server.core.errors import ServeError
 from server.core.service import InferenceService
 
 
-def build_app(service: InferenceService) -> FastAPI:
+def build_app(
+    service: InferenceService,
+    limits: HttpLimits,
+    exposition: Callable[[], tuple[bytes, str]],
+    control: RepositoryControl | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="electra-serve",
         version="0.1.0",
         description="ELECTRA inference (classify, qa, tag, discriminate) over REST, HF Inference API, KServe v2.",
     )
-    routers = [rest.build_router(service), hf.build_router(service)]
-    try:
-        from server.api import v2_http
-    except ImportError:  # the KServe v2 HTTP routes are optional in a trimmed build
-        v2_http = None
-    if v2_http is not None:
-        routers.append(v2_http.build_router(service))
+    routers = [
+        rest.build_router(service, limits, exposition),
+        hf.build_router(service, limits),
+        v2_http.build_router(service, limits, control),
+    ]
     for router in routers:
         app.include_router(router)
 
@@ -47,7 +54,13 @@ def build_app(service: InferenceService) -> FastAPI:
     return app
 
 
-def build_asgi(service: InferenceService) -> HotPathDispatcher:
+def build_asgi(
+    service: InferenceService,
+    limits: HttpLimits,
+    exposition: Callable[[], tuple[bytes, str]],
+    control: RepositoryControl | None = None,
+    guard: Guard | None = None,
+) -> HotPathDispatcher:
     """What uvicorn serves: the app, with its inference routes dispatched past FastAPI's stack."""
-    app = build_app(service)
-    return HotPathDispatcher(app, app.state.hot_routes)
+    app = build_app(service, limits, exposition, control)
+    return HotPathDispatcher(app, app.state.hot_routes, guard)

@@ -21,8 +21,9 @@ from server.core.manifest import list_models
 log = logging.getLogger("electra.demo")
 
 # Bumped when the export's output changes within a release (2: weights as external data; 3: CPU
-# variants without SkipLayerNormalization), so that a cache from an older build is regenerated.
-DEMO_LAYOUT = 3
+# variants without SkipLayerNormalization; 4: the tokenizer's sha256 in the manifest), so that a
+# cache from an older build is regenerated.
+DEMO_LAYOUT = 4
 
 
 def cache_dir() -> Path:

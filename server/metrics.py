@@ -1,5 +1,10 @@
 """Every Prometheus metric and bucket, defined once (CONTRACT §5). One registry per server, so
-several servers in one process (tests) do not collide."""
+several servers in one process (tests) do not collide. `Metrics` is the core's observer
+(server.core.observer.ServiceObserver).
+
+`code` is the outcome's HTTP status on every protocol (200, 400, 429, 504, ...); `protocol` says
+which front end answered (rest | grpc | v2). `electra_dropped_total` counts requests, like
+`electra_requests_total`, so that the one can be divided by the other."""
 
 from __future__ import annotations
 
@@ -73,17 +78,33 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("electra_queue_depth", "Rows waiting for a model run", ["model"], registry=r)
-        self.model_ready = Gauge(
+        self.ready_models = Gauge(
             "electra_model_ready", "1 when the model is loaded and warmed up", ["model"], registry=r
         )
         self.dropped = Counter(
             "electra_dropped_total",
-            "Work refused or dropped before it reached the model",
+            "Requests refused or dropped before their work reached the model",
             ["model", "reason"],
             registry=r,
         )
-        self.inflight = Gauge("electra_inflight_requests", "Requests being handled", ["protocol"], registry=r)
+        self.inflight_requests = Gauge("electra_inflight_requests", "Requests being handled", ["protocol"], registry=r)
+        self.batch_failures = Counter(
+            "electra_batch_failures_total",
+            "Model runs that failed (kind: error | oom); their rows were retried in smaller parts",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.batch_retries = Counter(
+            "electra_batch_retried_rows_total",
+            "Rows of failed model runs that were run again in smaller parts",
+            ["model"],
+            registry=r,
+        )
+        self.batcher_restarts = Counter(
+            "electra_batcher_restarts_total", "Batching loops that died and were restarted", ["model"], registry=r
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._metrics = {id(m): m for m in vars(self).values() if isinstance(m, MetricWrapperBase)}
 
     def labelled(self, metric: MetricWrapperBase, *values: str) -> Any:
         """metric.labels(*values), looked up once: prometheus_client validates and locks on every
@@ -95,12 +116,33 @@ class Metrics:
             child = self._children[key] = metric.labels(*values)
         return child
 
-    def observer(self, model: str) -> BatcherMetrics:
+    # -- the core's observer (server.core.observer.ServiceObserver) ----------------------------
+
+    def batcher(self, model: str) -> BatcherMetrics:
         return BatcherMetrics(self, model)
 
-    def observe_request(self, model: str, task: str, protocol: str, code: str | int, seconds: float) -> None:
-        self.labelled(self.requests, model, task, protocol, str(code)).inc()
+    def request(self, model: str, task: str, protocol: str, code: str, seconds: float) -> None:
+        self.labelled(self.requests, model, task, protocol, code).inc()
         self.labelled(self.request_duration, model, task, protocol).observe(seconds)
+
+    def stages(self, model: str, tokenization_s: float, queue_s: float) -> None:
+        self.labelled(self.tokenization_duration, model).observe(tokenization_s)
+        self.labelled(self.queue_duration, model).observe(queue_s)
+
+    def inflight(self, protocol: str, delta: int) -> None:
+        self.labelled(self.inflight_requests, protocol).inc(delta)
+
+    def model_ready(self, model: str, ready: bool) -> None:
+        self.labelled(self.ready_models, model).set(1 if ready else 0)
+
+    def model_removed(self, model: str) -> None:
+        """An unloaded model's series go with it (they would otherwise stay at their last value)."""
+        for key in list(self._children):
+            metric = self._metrics[key[0]]
+            names = metric._labelnames  # prometheus_client has no public accessor for them
+            if "model" in names and key[1][names.index("model")] == model:
+                metric.remove(*key[1])
+                del self._children[key]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -110,12 +152,15 @@ class BatcherMetrics:
     """The batcher's observer for one model (server.core.batcher.BatchObserver)."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
-        self._batch_size = metrics.batch_size.labels(model)
-        self._batch_tokens = metrics.batch_tokens.labels(model)
-        self._padding = metrics.padding_ratio.labels(model)
-        self._inference = metrics.inference_duration.labels(model)
-        self._depth = metrics.queue_depth.labels(model)
-        self._dropped = metrics.dropped
+        m = metrics
+        self._batch_size = m.labelled(m.batch_size, model)
+        self._batch_tokens = m.labelled(m.batch_tokens, model)
+        self._padding = m.labelled(m.padding_ratio, model)
+        self._inference = m.labelled(m.inference_duration, model)
+        self._depth = m.labelled(m.queue_depth, model)
+        self._retries = m.labelled(m.batch_retries, model)
+        self._restarts = m.labelled(m.batcher_restarts, model)
+        self._metrics = metrics
         self._model = model
 
     def on_batch(self, model_rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
@@ -124,8 +169,17 @@ class BatcherMetrics:
         self._padding.observe((padded_tokens - real_tokens) / padded_tokens if padded_tokens else 0.0)
         self._inference.observe(seconds)
 
-    def on_drop(self, reason: str, n_rows: int) -> None:
-        self._dropped.labels(self._model, reason).inc(n_rows)
+    def on_drop(self, reason: str) -> None:
+        self._metrics.labelled(self._metrics.dropped, self._model, reason).inc()
 
     def on_queue_depth(self, n: int) -> None:
         self._depth.set(n)
+
+    def on_failure(self, kind: str) -> None:
+        self._metrics.labelled(self._metrics.batch_failures, self._model, kind).inc()
+
+    def on_retry(self, rows: int) -> None:
+        self._retries.inc(rows)
+
+    def on_restart(self) -> None:
+        self._restarts.inc()

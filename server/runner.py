@@ -1,7 +1,8 @@
-"""One process, one event loop: uvicorn (REST) and grpc.aio (gRPC) side by side over one service.
+"""One process, one event loop: uvicorn (REST) and grpc.aio (gRPC) side by side over one service
+(built by `server.assembly.assemble`).
 
-SIGTERM/SIGINT: readiness turns false, new work is refused, every accepted request is answered
-(bounded by --drain-timeout-s), then both servers stop and the process exits 0.
+SIGTERM/SIGINT: readiness turns false, new work is refused, every accepted request is answered,
+then both servers stop and the process exits 0, all within --drain-timeout-s.
 """
 
 from __future__ import annotations
@@ -10,13 +11,22 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import uvicorn
 
+from server.api.grpc_server import HealthReporter, create_grpc_server
+from server.api.repository import RepositoryControl
+from server.api.security import ApiKeys, GrpcAuth, http_guard
+from server.api.tls import Tls, TlsFiles
 from server.app import build_asgi
+from server.assembly import assemble
+from server.core.registry import ModelRegistry
 from server.core.service import InferenceService
-from server.metrics import Metrics
 from server.settings import Settings
 
 log = logging.getLogger("electra.runner")
@@ -30,38 +40,125 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
-async def serve(settings: Settings, repository: Path) -> int:
-    metrics = Metrics()
-    service = InferenceService(settings, metrics)
-    app = build_asgi(service)
+async def _poll(registry: ModelRegistry, period_s: float, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
+        if stop.is_set():
+            return
+        try:
+            await registry.poll()
+        except Exception:  # one bad scan must not end polling
+            log.exception("polling the model repository failed")
+
+
+@dataclass
+class Security:
+    """API keys and TLS certificates, both read again when their files change."""
+
+    keys: ApiKeys | None = None
+    tls: Tls | None = None
+    protect_probes: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Security:
+        keys = ApiKeys(settings.api_keys_file) if settings.api_keys_file else None
+        tls = None
+        if settings.tls_cert is not None and settings.tls_key is not None:
+            tls = Tls(TlsFiles(settings.tls_cert, settings.tls_key, settings.tls_client_ca))
+        return cls(keys, tls, settings.auth_probes)
+
+    def reload(self, force: bool = False) -> None:
+        if self.keys is not None:
+            self.keys.reload(force)
+        if self.tls is not None:
+            self.tls.reload(force)
+
+    async def watch(self, period_s: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), period_s)
+            try:
+                self.reload()
+            except Exception:  # a bad file must not end the watching
+                log.exception("reloading the API keys or TLS files failed")
+
+
+def build_http_server(
+    settings: Settings, service: InferenceService, exposition: Callable[[], tuple[bytes, str]],
+    control: RepositoryControl, security: Security,
+) -> uvicorn.Server:  # fmt: skip
+    guard = http_guard(security.keys, security.protect_probes) if security.keys is not None else None
+    app = build_asgi(service, settings.http_limits(), exposition, control, guard)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.http_port,
         log_level=settings.log_level,
+        log_config=None,  # server.logs configured logging for the whole process
         access_log=False,
         lifespan="off",
+        limit_concurrency=settings.http_max_connections,
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
-    http_server = _UvicornServer(config)
+    config.load()
+    if security.tls is not None:
+        # uvicorn serves from this context; a certificate reload changes it in place.
+        config.ssl = security.tls.http_context()
+    return _UvicornServer(config)
 
-    from server.api.grpc_server import create_grpc_server
 
-    grpc_server, health = create_grpc_server(service, settings)
+def build_grpc_server(
+    settings: Settings, service: InferenceService, control: RepositoryControl, security: Security
+) -> tuple[grpc.aio.Server, HealthReporter]:
+    interceptors = [GrpcAuth(security.keys, security.protect_probes)] if security.keys is not None else []
+    server, health = create_grpc_server(
+        service,
+        max_receive_bytes=settings.max_request_bytes,
+        max_send_bytes=settings.grpc_max_message_bytes,
+        max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
+        control=control,
+        interceptors=interceptors,
+    )
+    address = f"{settings.host}:{settings.grpc_port}"
+    if security.tls is not None:
+        server.add_secure_port(address, security.tls.grpc_credentials())
+    else:
+        server.add_insecure_port(address)
+    return server, health
+
+
+async def serve(settings: Settings, repository: Path, security: Security | None = None) -> int:
+    parts = assemble(settings, repository)
+    service, metrics = parts.service, parts.metrics
+    security = security or Security.from_settings(settings)
+    control = RepositoryControl(parts.registry, settings.model_control_mode)
+    exposition = lambda: (metrics.exposition(), metrics.content_type)  # noqa: E731
+    http_server = build_http_server(settings, service, exposition, control, security)
+    grpc_server, health = build_grpc_server(settings, service, control, security)
     await grpc_server.start()
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: security.reload(force=True))
 
     http_task = asyncio.create_task(http_server.serve(), name="http")
-    load_task = asyncio.create_task(service.load(repository), name="load")
-    health_task = asyncio.create_task(health.follow(service, stop), name="health")
+    load_task = asyncio.create_task(service.start(settings.start_models()), name="load")
     stop_task = asyncio.create_task(stop.wait(), name="stop")
+    background = [
+        asyncio.create_task(health.follow(service, stop), name="health"),
+        asyncio.create_task(security.watch(settings.secrets_poll_secs, stop), name="secrets"),
+    ]
+    if settings.model_control_mode == "poll":
+        background.append(asyncio.create_task(_poll(parts.registry, settings.repository_poll_secs, stop), name="poll"))
+    scheme = "https" if security.tls is not None else "http"
     log.info(
-        "electra-serve: http %s:%s, grpc %s:%s", settings.host, settings.http_port, settings.host, settings.grpc_port
-    )
+        "electra-serve: %s %s:%s, grpc%s %s:%s%s", scheme, settings.host, settings.http_port,
+        " (TLS)" if security.tls else "", settings.host, settings.grpc_port,
+        ", API keys required" if security.keys else "",
+    )  # fmt: skip
 
     done, _ = await asyncio.wait({http_task, stop_task, load_task}, return_when=asyncio.FIRST_COMPLETED)
     exit_code = 0
@@ -74,14 +171,29 @@ async def serve(settings: Settings, repository: Path) -> int:
         log.error("http server failed: %s", http_task.exception())
         exit_code = 1
 
-    log.info("draining (up to %.0fs)", settings.drain_timeout_s)
-    await health.set_serving(False)
-    await service.drain(settings.drain_timeout_s)
-    await grpc_server.stop(grace=1.0)
-    http_server.should_exit = True
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(http_task, timeout=settings.drain_timeout_s + 5)
-    for task in (load_task, health_task, stop_task):
+    await shutdown(settings.drain_timeout_s, service, health, grpc_server, http_server, http_task)
+    for task in (load_task, stop_task, *background):
         task.cancel()
     log.info("stopped")
     return exit_code
+
+
+async def shutdown(
+    budget_s: float,
+    service: InferenceService,
+    health: HealthReporter,
+    grpc_server: grpc.aio.Server,
+    http_server: uvicorn.Server,
+    http_task: asyncio.Task[None],
+) -> None:
+    """One deadline for the whole shutdown (a pod's grace period is sized on it): the accepted work,
+    then gRPC's in-flight calls, then uvicorn's connections, each given what is left."""
+    deadline = time.monotonic() + budget_s
+    log.info("draining (up to %.0fs)", budget_s)
+    await health.set_serving(False)
+    await service.drain(budget_s)
+    await grpc_server.stop(grace=max(0.0, deadline - time.monotonic()))
+    http_server.config.timeout_graceful_shutdown = max(0.1, deadline - time.monotonic())  # type: ignore[assignment]
+    http_server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(http_task, timeout=max(0.5, deadline - time.monotonic()) + 1)

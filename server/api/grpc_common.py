@@ -1,6 +1,7 @@
 """What every gRPC servicer shares: raw-bytes handlers (requests are decoded in the handler, so
-undecodable bytes get INVALID_ARGUMENT rather than grpc.aio's UNKNOWN), client deadlines, the one
-error table, per-stage timings in trailing metadata, request metrics, and concurrent streams.
+undecodable bytes get INVALID_ARGUMENT rather than grpc.aio's UNKNOWN), the service's request
+wrapper around inference calls (client deadlines, one outcome count, per-stage timings and the
+request id in trailing metadata), the one error table, and concurrent, flow-controlled streams.
 
 Cancellation needs no code here: when a client cancels (or its deadline passes) grpc.aio
 cancels the handler's task, and the CancelledError reaches the batcher, which drops the rows.
@@ -9,25 +10,27 @@ cancels the handler's task, and the CancelledError reaches the batcher, which dr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from server.core.errors import ErrorKind, ServeError
-from server.core.service import InferenceService, Timings
+from server.api.http_common import REQUEST_ID_HEADER, timing_pairs
+from server.core.errors import ErrorKind, ServeError, internal_error
+from server.core.service import Call, InferenceService, new_request_id
 
 log = logging.getLogger("electra.grpc")
 
 M = TypeVar("M", bound=Message)
-Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
-# Requests in flight per stream: beyond it the stream stops reading until one completes.
+Behaviour = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]
+Inference = Callable[[bytes, grpc.aio.ServicerContext, Call], Awaitable[Message]]
+# Requests in flight (or answered but not yet sent) per stream: beyond it the stream stops reading
+# until a response has gone out, so a client that never reads cannot grow the server's memory.
 STREAM_WINDOW = 256
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 def decode(message_type: type[M], raw: bytes) -> M:
@@ -38,52 +41,74 @@ def decode(message_type: type[M], raw: bytes) -> M:
         raise ServeError(ErrorKind.BAD_REQUEST, f"request bytes do not decode as {name}: {exc}") from exc
 
 
-def deadline_of(context: grpc.aio.ServicerContext) -> float | None:
-    """The client's deadline on the batcher's clock (`time.monotonic()`), or None."""
-    remaining = context.time_remaining()
-    return None if remaining is None else time.monotonic() + remaining
-
-
 def status_code(kind: ErrorKind) -> grpc.StatusCode:
     return grpc.StatusCode[kind.grpc_code_name]
 
 
-def timing_metadata(timings: Timings, model: str) -> tuple[tuple[str, str], ...]:
-    """The same names and units (milliseconds) as the REST timing headers."""
-    return (
-        ("x-model-name", model),
-        ("x-total-time", f"{timings.total_s * 1000:.3f}"),
-        ("x-tokenization-time", f"{timings.tokenization_s * 1000:.3f}"),
-        ("x-queue-time", f"{timings.queue_s * 1000:.3f}"),
-        ("x-inference-time", f"{timings.inference_s * 1000:.3f}"),
-    )
+def request_id_of(context: grpc.aio.ServicerContext) -> str:
+    """The client's `x-request-id` metadata when it is a plain token, else a new id."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
+            return value
+    return new_request_id()
 
 
-def internal(exc: BaseException) -> ServeError:
-    log.exception("unexpected error in a gRPC handler", exc_info=exc)
-    return ServeError(ErrorKind.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+def trailing(call: Call) -> tuple[tuple[str, str], ...]:
+    """The request id and, once answered, the REST timing headers' names and values."""
+    pairs = [(REQUEST_ID_HEADER, call.request_id)]
+    if call.timings is not None:
+        pairs += timing_pairs(call.timings, call.model, call.version)
+    return tuple(pairs)
 
 
-def unary(behaviour: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]) -> grpc.RpcMethodHandler:
-    """A unary handler on raw bytes whose ServeErrors become the table's status codes."""
+async def abort(context: grpc.aio.ServicerContext, failure: ServeError, metadata: tuple[tuple[str, str], ...]) -> None:
+    if (retry_after := failure.retry_after_header) is not None:
+        metadata = (*metadata, ("retry-after", retry_after))
+    context.set_trailing_metadata(metadata)
+    await context.abort(status_code(failure.kind), failure.message)
+
+
+def unary(behaviour: Behaviour) -> grpc.RpcMethodHandler:
+    """A unary handler on raw bytes (metadata, health, control) whose ServeErrors become the table's
+    status codes."""
 
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             return (await behaviour(raw, context)).SerializeToString()
         except ServeError as error:
             failure = error
-        except Exception as exc:  # a bug must still answer with a status, not UNKNOWN
-            failure = internal(exc)
-        if failure.retry_after_s is not None:
-            context.set_trailing_metadata((("retry-after", str(max(1, round(failure.retry_after_s)))),))
-        await context.abort(status_code(failure.kind), failure.message)
+        except Exception:  # a bug must still answer with a status, not UNKNOWN
+            request_id = new_request_id()
+            log.exception("unexpected error in a gRPC handler (request id %s)", request_id)
+            failure = internal_error(request_id)
+        await abort(context, failure, ())
         raise AssertionError("unreachable: abort raises")
 
     # No (de)serializers: the handler gets and returns bytes.
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-def stream(handle: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]) -> grpc.RpcMethodHandler:
+def inference_unary(service: InferenceService, protocol: str, behaviour: Inference) -> grpc.RpcMethodHandler:
+    """A unary inference handler: the call runs inside the service's request wrapper with the client's
+    deadline; timings and the request id travel back in trailing metadata."""
+
+    async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        call: Call | None = None
+        try:
+            with service.track(protocol, request_id_of(context)) as call:
+                call.deadline = service.deadline_in(context.time_remaining())
+                response = await behaviour(raw, context, call)
+            context.set_trailing_metadata(trailing(call))
+            return response.SerializeToString()
+        except ServeError as error:
+            failure = error
+        await abort(context, failure, trailing(call) if call is not None else ())
+        raise AssertionError("unreachable: abort raises")
+
+    return grpc.unary_unary_rpc_method_handler(handler)
+
+
+def stream(handle: Behaviour) -> grpc.RpcMethodHandler:
     """A bidirectional stream: each request is handled concurrently (up to STREAM_WINDOW at a time)
     and its response sent as soon as it is ready. `handle` reports failures in its response."""
 
@@ -97,7 +122,11 @@ def stream(handle: Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message
 async def concurrently(
     requests: AsyncIterator[bytes], handle: Callable[[bytes], Awaitable[Message]], window: int = STREAM_WINDOW
 ) -> AsyncIterator[Message]:
-    """Responses in completion order; work still running when the consumer stops is cancelled."""
+    """Responses in completion order; work still running when the consumer stops is cancelled.
+
+    A request's slot is given back only once its response has been taken by the consumer (grpc.aio
+    resumes a response generator after the message is written), so at most `window` requests are
+    running or waiting to be sent: a client that stops reading stops the stream from reading."""
     done: asyncio.Queue[Message | None] = asyncio.Queue()
     slots = asyncio.Semaphore(window)
     running: set[asyncio.Task[None]] = set()
@@ -106,10 +135,10 @@ async def concurrently(
         try:
             done.put_nowait(await handle(raw))
         except asyncio.CancelledError:
+            slots.release()
             raise
         except Exception:  # handle() reports failures itself; this is a bug, keep the stream alive
             log.exception("stream request failed without a response")
-        finally:
             slots.release()
 
     async def read() -> None:
@@ -128,48 +157,9 @@ async def concurrently(
     try:
         while (response := await done.get()) is not None:
             yield response
+            slots.release()
         await reader  # the request stream's own error, if any
     finally:
         reader.cancel()
         for task in list(running):
             task.cancel()
-
-
-@dataclass(slots=True)
-class Call:
-    """One counted request: handlers fill in the model and task once they know them."""
-
-    model: str = "unknown"
-    task: str = "unknown"
-    code: str = "OK"
-
-
-@contextlib.contextmanager
-def counted(service: InferenceService, protocol: str, call: Call, context: grpc.aio.ServicerContext) -> Iterator[Call]:
-    """Inflight gauge and electra_requests_total / _duration for one request (any outcome)."""
-    started = time.perf_counter()
-    service.metrics.labelled(service.metrics.inflight, protocol).inc()
-    try:
-        yield call
-    except ServeError as error:
-        call.code = error.kind.grpc_code_name
-        if error.model and call.model == "unknown":  # the service resolved it before failing
-            call.model = error.model
-        raise
-    except asyncio.CancelledError:
-        # grpc.aio cancels the handler both when the client cancels and when its deadline passes.
-        remaining = context.time_remaining()
-        call.code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
-        raise
-    except Exception:
-        call.code = "INTERNAL"
-        raise
-    finally:
-        service.metrics.labelled(service.metrics.inflight, protocol).dec()
-        service.metrics.observe_request(call.model, call.task, protocol, call.code, time.perf_counter() - started)
-
-
-def model_label(service: InferenceService, name: Any) -> tuple[str, str]:
-    """(model, task) labels for a model name from a request: "unknown" for names not loaded."""
-    loaded = service.models.get(name) if isinstance(name, str) else None
-    return (loaded.name, loaded.manifest.task) if loaded else ("unknown", "unknown")

@@ -1,10 +1,10 @@
-"""`electra.v1.ElectraService`: the typed gRPC API. Each RPC translates its request into the REST
-task's `inputs` and `parameters`, calls `service.run`, and translates the result back; the
-stream does the same for each message, concurrently, reporting failures per message."""
+"""`electra.v1.ElectraService`: the typed gRPC API. Each RPC converts its request into the task's
+typed items and the parameters it sets (`from_proto`), runs it through the service, and builds the
+typed response from the list-shaped results; the stream does the same for each message,
+concurrently, reporting failures per message."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,28 +13,27 @@ import grpc
 from google.protobuf.message import Message
 
 from proto.electra.v1 import electra_pb2 as pb
-from server.api.grpc_common import Call, counted, deadline_of, decode, internal, status_code, stream, timing_metadata
-from server.api.grpc_common import unary as unary_handler
-from server.api.model_stats import stats_of
+from server.api.grpc_common import decode, inference_unary, request_id_of, status_code, stream
 from server.core.errors import ErrorKind, ServeError
-from server.core.service import InferenceService, Result
+from server.core.service import Call, InferenceService, Result, TaskRequest
+from server.core.tasks import classify, qa
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ElectraService"].full_name
 PROTOCOL = "grpc"
 
 
 def _optional(message: Message, *names: str) -> dict[str, Any]:
-    """The proto3 `optional` fields that are set, by name (unset: the REST default)."""
+    """The proto3 `optional` fields that are set, by name (unset: the task's default)."""
     return {name: getattr(message, name) for name in names if message.HasField(name)}
 
 
-# ---------------------------------------------------------------- requests -> REST inputs/parameters
+# ---------------------------------------------------------------- requests -> typed items and parameters
 
 
-def classify_inputs(request: pb.ClassifyRequest) -> list[Any]:
+def classify_items(request: pb.ClassifyRequest) -> list[Any]:
     return [
-        {"text": item.text, "text_pair": item.text_pair if item.HasField("text_pair") else None}
-        for item in request.inputs
+        classify.item(item.text, item.text_pair if item.HasField("text_pair") else None, f"inputs[{i}]")
+        for i, item in enumerate(request.inputs)
     ]
 
 
@@ -45,25 +44,15 @@ def classify_parameters(request: pb.ClassifyRequest) -> dict[str, Any]:
     return given
 
 
-def qa_inputs(request: pb.AnswerQuestionRequest) -> list[Any]:
-    return [{"question": item.question, "context": item.context} for item in request.inputs]
+def qa_items(request: pb.AnswerQuestionRequest) -> list[Any]:
+    return [qa.item(item.question, item.context, f"inputs[{i}]") for i, item in enumerate(request.inputs)]
 
 
 def qa_parameters(request: pb.AnswerQuestionRequest) -> dict[str, Any]:
-    return _optional(
-        request.parameters,
-        "top_k",
-        "doc_stride",
-        "max_answer_len",
-        "max_seq_len",
-        "max_question_len",
-        "handle_impossible_answer",
-        "align_to_words",
-        "null_score_diff_threshold",
-    )
+    return _optional(request.parameters, *qa.PARAMETERS.names)
 
 
-def text_inputs(request: pb.TagRequest | pb.DiscriminateRequest) -> list[Any]:
+def text_items(request: pb.TagRequest | pb.DiscriminateRequest) -> list[Any]:
     return list(request.inputs)
 
 
@@ -78,7 +67,7 @@ def discriminate_parameters(request: pb.DiscriminateRequest) -> dict[str, Any]:
     return _optional(request.parameters, "threshold")
 
 
-# ---------------------------------------------------------------- REST results -> responses
+# ---------------------------------------------------------------- list-shaped results -> responses
 
 
 def classify_response(model: str, values: list[Any]) -> pb.ClassifyResponse:
@@ -89,11 +78,9 @@ def classify_response(model: str, values: list[Any]) -> pb.ClassifyResponse:
 
 
 def qa_response(model: str, values: list[Any]) -> pb.AnswerQuestionResponse:
-    # REST gives one object when exactly one answer remains, else a list.
-    def answers(value: Any) -> list[pb.Answer]:
-        return [pb.Answer(**a) for a in (value if isinstance(value, list) else [value])]
-
-    return pb.AnswerQuestionResponse(model=model, results=[pb.QaResult(answers=answers(v)) for v in values])
+    return pb.AnswerQuestionResponse(
+        model=model, results=[pb.QaResult(answers=[pb.Answer(**a) for a in answers]) for answers in values]
+    )
 
 
 def _entity(entity: dict[str, Any]) -> pb.Entity:
@@ -131,18 +118,18 @@ class TypedTask:
     method: str  # the RPC
     field: str  # its name in StreamRequest / StreamResponse
     request_type: type[Message]
-    inputs: Callable[[Any], list[Any]]
+    items: Callable[[Any], list[Any]]
     parameters: Callable[[Any], dict[str, Any]]
     response: Callable[[str, list[Any]], Message]
 
 
 TASKS = (
-    TypedTask("classify", "Classify", "classify", pb.ClassifyRequest, classify_inputs, classify_parameters,
+    TypedTask("classify", "Classify", "classify", pb.ClassifyRequest, classify_items, classify_parameters,
               classify_response),
-    TypedTask("qa", "AnswerQuestion", "answer_question", pb.AnswerQuestionRequest, qa_inputs, qa_parameters,
+    TypedTask("qa", "AnswerQuestion", "answer_question", pb.AnswerQuestionRequest, qa_items, qa_parameters,
               qa_response),
-    TypedTask("tag", "Tag", "tag", pb.TagRequest, text_inputs, tag_parameters, tag_response),
-    TypedTask("discriminate", "Discriminate", "discriminate", pb.DiscriminateRequest, text_inputs,
+    TypedTask("tag", "Tag", "tag", pb.TagRequest, text_items, tag_parameters, tag_response),
+    TypedTask("discriminate", "Discriminate", "discriminate", pb.DiscriminateRequest, text_items,
               discriminate_parameters, discriminate_response),
 )  # fmt: skip
 BY_FIELD = {t.field: t for t in TASKS}
@@ -161,55 +148,49 @@ def _timings(result: Result) -> pb.Timings:
 class ElectraServicer:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.stats = stats_of(service)
 
-    async def run(self, spec: TypedTask, request: Any, deadline: float | None, call: Call) -> tuple[Message, Result]:
-        call.task = spec.task
-        if request.model:
-            call.model = request.model if request.model in self.service.models else "unknown"
-        started = time.perf_counter()
-        try:
-            result = await self.service.run(
-                spec.task, request.model or None, spec.inputs(request), spec.parameters(request), deadline
-            )
-        except ServeError as error:
-            self.stats.record_failure(error.model or request.model, time.perf_counter() - started)
-            raise
-        call.model = result.model
-        self.stats.record_success(result.model, len(request.inputs), result.timings)
-        return spec.response(result.model, result.value), result
+    async def run(self, spec: TypedTask, request: Any, call: Call) -> tuple[Message, Result]:
+        self.service.check_size(len(request.inputs))  # before any item is built
+        work = TaskRequest(
+            spec.task,
+            request.model or None,
+            version=request.model_version or None,
+            items=spec.items(request),
+            given=spec.parameters(request),
+        )
+        result = await self.service.infer(call, work)
+        response = spec.response(result.model, result.values)
+        response.model_version = result.version  # type: ignore[attr-defined]
+        return response, result
 
     def unary(self, spec: TypedTask) -> grpc.RpcMethodHandler:
-        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext) -> Message:
-            with counted(self.service, PROTOCOL, Call(task=spec.task), context) as call:
-                request = decode(spec.request_type, raw)
-                response, result = await self.run(spec, request, deadline_of(context), call)
-                context.set_trailing_metadata(timing_metadata(result.timings, result.model))
-                return response
+        async def behaviour(raw: bytes, context: grpc.aio.ServicerContext, call: Call) -> Message:
+            call.task = spec.task
+            response, _ = await self.run(spec, decode(spec.request_type, raw), call)
+            return response
 
-        return unary_handler(behaviour)
+        return inference_unary(self.service, PROTOCOL, behaviour)
 
     async def stream_one(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.StreamResponse:
         """One stream message -> its response; every failure is reported in `status`."""
         request_id = ""
         try:
-            with counted(self.service, PROTOCOL, Call(), context) as call:
+            with self.service.track(PROTOCOL, request_id_of(context)) as call:
+                call.deadline = self.service.deadline_in(context.time_remaining())
                 message = decode(pb.StreamRequest, raw)
                 request_id = message.id
                 which = message.WhichOneof("request")
                 if which is None:
                     raise ServeError(ErrorKind.BAD_REQUEST, "stream request sets none of " + ", ".join(BY_FIELD))
                 spec = BY_FIELD[which]
-                response, result = await self.run(spec, getattr(message, which), deadline_of(context), call)
+                call.task = spec.task
+                response, result = await self.run(spec, getattr(message, which), call)
                 return pb.StreamResponse(
                     id=request_id, status=pb.Status(code=0), timings=_timings(result), **{which: response}
                 )
-        except ServeError as error:
-            failure = error
-        except Exception as exc:  # CancelledError is no Exception: cancellation propagates
-            failure = internal(exc)
-        code = status_code(failure.kind).value[0]
-        return pb.StreamResponse(id=request_id, status=pb.Status(code=code, message=failure.message))
+        except ServeError as failure:
+            code = status_code(failure.kind).value[0]
+            return pb.StreamResponse(id=request_id, status=pb.Status(code=code, message=failure.message))
 
     def handlers(self) -> grpc.GenericRpcHandler:
         methods = {spec.method: self.unary(spec) for spec in TASKS}

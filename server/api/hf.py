@@ -8,33 +8,31 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.hot_path import hot
-from server.api.http_common import deadline_of, task_body
-from server.api.rest import answer
+from server.api.hot_path import hot, tracked
+from server.api.http_common import HttpLimits
+from server.api.rest import PROTOCOL, answer_task
 from server.core.service import InferenceService, Result
 
 
-def hf_shape(result: Result, inputs_were_list: bool) -> Any:
+def hf_shape(result: Result, inputs: Any) -> Any:
     # The Inference API answers text classification with a list of lists, even for one input.
-    if result.task == "classify" and not inputs_were_list:
-        return [result.value]
-    return result.value
+    value = result.pipeline_json()
+    if result.task.task == "classify" and not isinstance(inputs, list):
+        return [value]
+    return value
 
 
-def build_router(service: InferenceService) -> APIRouter:
+def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
     router = APIRouter()
 
     @router.post("/models/{name}", tags=["huggingface"], summary="Hugging Face Inference API compatible")
     @hot
     async def infer(name: str, request: Request) -> Response:
-        was_list = False
-
-        async def run(payload: Any) -> Result:
-            nonlocal was_list
-            _, inputs, parameters = task_body(payload)
-            was_list = isinstance(inputs, list)
-            return await service.run(None, name, inputs, parameters, deadline_of(request))
-
-        return await answer(request, service, "rest", None, run, lambda result: hf_shape(result, was_list))
+        return await tracked(
+            service,
+            request,
+            PROTOCOL,
+            lambda call: answer_task(service, limits, request, call, None, model=name, shape=hf_shape),
+        )
 
     return router

@@ -1,17 +1,27 @@
-"""The inference routes straight from uvicorn, past FastAPI's middleware stack and router.
+"""The HTTP server's front door: one ASGI app before FastAPI that
 
-Each HTTP request otherwise crosses about ten ASGI layers (error, exception, body-limit and
-exit-stack middleware, then a linear regex scan of every route) before its endpoint runs, and
-every response message crosses them again on the way out: about a quarter of the event loop's
-CPU per inference request in a py-spy profile at 32 clients. The routes marked `@hot` keep their
-FastAPI registration (OpenAPI, and the same endpoint when the app is mounted elsewhere); this
-dispatcher finds them first and calls the very same endpoint with the request and its path
-parameters. Everything else goes to FastAPI unchanged.
+1. gives every request its id (the client's `x-request-id` when it is a sane token, else a new
+   one) and returns it on every response;
+2. checks the API key when keys are configured (`server.api.security`);
+3. sends the inference routes straight to their endpoint, past FastAPI's middleware stack and
+   router. Each HTTP request otherwise crosses about ten ASGI layers (error, exception, body-limit
+   and exit-stack middleware, then a linear regex scan of every route) before its endpoint runs,
+   and every response message crosses them again on the way out: about a quarter of the event
+   loop's CPU per inference request in a py-spy profile at 32 clients.
+
+The `@hot` routes keep their FastAPI registration (OpenAPI, and the same endpoint when the app is
+mounted elsewhere). Everything else goes to FastAPI unchanged. FastAPI middleware would run for
+some requests and not for others, so building the dispatcher over an app that has any is refused:
+what must run on every request belongs here.
+
+Inference endpoints run their work inside `tracked`: the service's request wrapper (one outcome
+count per request) and the error table's response.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TypeVar
 
@@ -20,19 +30,23 @@ from fastapi.routing import APIRoute
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
-from server.api.http_common import json_response
+from server.api.http_common import REQUEST_ID_HEADER, error_response, json_response
+from server.core.errors import ServeError
+from server.core.service import Call, InferenceService, new_request_id
 
 log = logging.getLogger("electra.http")
 
 Endpoint = Callable[..., Awaitable[Response]]
 E = TypeVar("E", bound=Endpoint)
+REQUEST_ID_KEY = "electra.request_id"
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
 def hot(endpoint: E) -> E:
     """Mark an endpoint for the dispatcher. It must take `request: Request` (by that name) and
-    string path parameters only, and catch its own errors into a response."""
+    string path parameters only, and catch its own errors into a response (`tracked` does)."""
     endpoint.hot_path = True  # type: ignore[attr-defined]
     return endpoint
 
@@ -47,21 +61,75 @@ def hot_routes(routers: Iterable[APIRouter]) -> list[APIRoute]:
     ]
 
 
-class HotPathDispatcher:
-    """ASGI app: the given hot routes directly, every other request through `app`."""
+def request_id_of(scope: Scope) -> str:
+    """The id the dispatcher gave this request (one is made for requests that did not pass it)."""
+    request_id = scope.get(REQUEST_ID_KEY)
+    if request_id is None:
+        request_id = scope[REQUEST_ID_KEY] = _client_request_id(scope) or new_request_id()
+    return request_id
 
-    def __init__(self, app: FastAPI, routes: Iterable[APIRoute]) -> None:
+
+def _client_request_id(scope: Scope) -> str | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            # Only a plain token is echoed and logged: anything else could forge log lines.
+            return value.decode("ascii") if _REQUEST_ID.fullmatch(value) else None
+    return None
+
+
+async def tracked(
+    service: InferenceService, request: Request, protocol: str, work: Callable[[Call], Awaitable[Response]]
+) -> Response:
+    """Run one inference request's work inside the service's request wrapper, answering errors
+    with the error table's status and body."""
+    try:
+        with service.track(protocol, request_id_of(request.scope)) as call:
+            return await work(call)
+    except ServeError as error:
+        return error_response(error)
+
+
+Guard = Callable[[Scope], Awaitable[Response | None]]
+
+
+class HotPathDispatcher:
+    """ASGI app: request ids and authentication for every request, the hot routes directly,
+    every other request through `app`."""
+
+    def __init__(self, app: FastAPI, routes: Iterable[APIRoute], guard: Guard | None = None) -> None:
+        if app.user_middleware:
+            raise ValueError(
+                "the hot-path dispatcher would skip FastAPI middleware for inference routes: "
+                "put what must run on every request into the dispatcher instead"
+            )
         self.app = app
         self.routes = list(routes)
+        self.guard = guard
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        if self.guard is not None:
+            refusal = await self.guard(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send_with_id)
+                return
+        if scope["method"] == "POST":
             for route in self.routes:
                 match, child = route.matches(scope)
                 if match is Match.FULL:
-                    await self._serve(route, {**scope, **child}, receive, send)
+                    await self._serve(route, {**scope, **child}, receive, send_with_id)
                     return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_with_id)
 
     async def _serve(self, route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self.app
@@ -69,6 +137,8 @@ class HotPathDispatcher:
             response = await route.endpoint(request=Request(scope, receive), **scope["path_params"])
         except Exception:
             # What FastAPI's ServerErrorMiddleware would do, in this server's error shape.
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            response = json_response({"error": "internal server error"}, 500)
+            log.exception(
+                "unhandled error in %s %s (request id %s)", scope["method"], scope["path"], scope.get(REQUEST_ID_KEY)
+            )
+            response = json_response({"error": f"internal error (request id {scope.get(REQUEST_ID_KEY)})"}, 500)
         await response(scope, receive, send)

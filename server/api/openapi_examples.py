@@ -1,11 +1,14 @@
 """Request schemas and examples for the OpenAPI document only: the hot path parses bodies with
-orjson and validates once, in the task modules, rather than through per-item pydantic models."""
+orjson and validates once, in the task modules, rather than through per-item pydantic models.
+Each task's `parameters` schema comes from its parameter table (the one that validates them)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from server.core.tasks import TASKS
 
 
 class TaskRequest(BaseModel):
@@ -39,15 +42,19 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+def request_schema(task: str) -> dict[str, Any]:
+    schema = TaskRequest.model_json_schema()
+    schema["properties"]["parameters"] = {
+        "anyOf": [TASKS[task].parameters.schema(), {"type": "null"}],
+        "description": "task parameters (Hugging Face pipeline names)",
+    }
+    return schema
+
+
 def openapi_body(task: str) -> dict[str, Any]:
     return {
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": TaskRequest.model_json_schema(),
-                    "examples": EXAMPLES[task],
-                }
-            },
+            "content": {"application/json": {"schema": request_schema(task), "examples": EXAMPLES[task]}},
         }
     }

@@ -2,74 +2,62 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.hot_path import hot
+from server.api.hot_path import hot, tracked
 from server.api.http_common import (
-    deadline_of,
+    HttpLimits,
     error_response,
     json_response,
     read_json,
     task_body,
+    timeout_of,
     timing_headers,
     until_disconnect,
 )
-from server.api.model_stats import stats_of
 from server.api.openapi_examples import openapi_body
-from server.core.errors import ErrorKind, ServeError
-from server.core.service import InferenceService, Result
+from server.core.errors import not_loaded
+from server.core.service import Call, InferenceService, Result, TaskRequest
 
 TASK_ROUTES = ("classify", "qa", "tag", "discriminate")
+PROTOCOL = "rest"
 
 
-async def answer(
-    request: Request,
+async def answer_task(
     service: InferenceService,
-    protocol: str,
+    limits: HttpLimits,
+    request: Request,
+    call: Call,
     task: str | None,
-    run: Callable[[Any], Awaitable[Result]],
-    shape: Callable[[Result], Any] = lambda result: result.value,
+    model: str | None = None,
+    shape: Callable[[Result, Any], Any] = lambda result, _: result.pipeline_json(),
 ) -> Response:
-    """Parse, run (cancelled if the client leaves), translate and count one task request."""
-    started = time.perf_counter()
-    model_label, task_label = "unknown", task or "unknown"
-    inflight = service.metrics.labelled(service.metrics.inflight, protocol)
-    inflight.inc()
-    try:
-        payload = await read_json(request, service.settings.max_request_bytes)
-        result = await until_disconnect(request, run(payload))
-        model_label, task_label = result.model, result.task
-        stats_of(service).record_success(result.model, result.items, result.timings)
-        response = json_response(shape(result), headers=timing_headers(result.timings, result.model))
-    except ServeError as error:
-        if error.model in service.models:
-            model_label, task_label = error.model, service.models[error.model].manifest.task
-            stats_of(service).record_failure(error.model, time.perf_counter() - started)
-        response = error_response(error)
-    finally:
-        inflight.dec()
-    service.metrics.observe_request(
-        model_label, task_label, protocol, response.status_code, time.perf_counter() - started
+    """One task request: read the body, run it (cancelled if the client leaves), answer the
+    pipeline's JSON (`shape` may reshape it: the HF route)."""
+    body = task_body(await read_json(request, limits))
+    call.deadline = service.deadline_in(timeout_of(request))
+    work = TaskRequest(task, model or body.model, body.version, inputs=body.inputs, parameters=body.parameters)
+    result = await until_disconnect(request, service.infer(call, work))
+    return json_response(
+        shape(result, body.inputs), headers=timing_headers(result.timings, result.model, result.version)
     )
-    return response
 
 
-def build_router(service: InferenceService) -> APIRouter:
+def build_router(
+    service: InferenceService, limits: HttpLimits, exposition: Callable[[], tuple[bytes, str]]
+) -> APIRouter:
     router = APIRouter()
 
     def task_route(task: str) -> None:
         @hot
         async def route(request: Request) -> Response:
-            async def run(payload: Any) -> Result:
-                model, inputs, parameters = task_body(payload)
-                return await service.run(task, model, inputs, parameters, deadline_of(request))
-
-            return await answer(request, service, "rest", task, run)
+            return await tracked(
+                service, request, PROTOCOL, lambda call: answer_task(service, limits, request, call, task)
+            )
 
         router.add_api_route(
             f"/v1/{task}",
@@ -86,30 +74,40 @@ def build_router(service: InferenceService) -> APIRouter:
 
     @router.get("/v1/models", tags=["models"])
     async def list_models() -> Response:
-        return json_response({"models": [m.describe() for m in service.models.values()]})
+        return json_response({"models": [describe(service, v) for v in service.registry.serving()]})
 
     @router.get("/v1/models/{name}", tags=["models"])
     async def describe_model(name: str) -> Response:
-        model = service.models.get(name)
-        if model is None:
-            return error_response(ServeError(ErrorKind.NOT_FOUND, f"model '{name}' is not loaded"))
-        return json_response(model.describe())
+        slot = service.registry.slots.get(name)
+        serving = slot.serving() if slot else None
+        if serving is None:
+            return error_response(not_loaded(name))
+        return json_response(describe(service, serving))
 
     @router.get("/health/live", tags=["health"])
     async def live() -> Response:
+        if not service.live:
+            return json_response({"status": "dead", "error": "a model's batching loop keeps failing"}, 503)
         return json_response({"status": "live"})
 
     @router.get("/health/ready", tags=["health"])
     async def ready() -> Response:
         if service.ready:
             return json_response({"status": "ready"})
-        reason = (
-            "draining" if service.draining else service.load_error or ("loading" if not service.loaded else "unhealthy")
-        )
-        return json_response({"status": "not ready", "error": reason}, 503)
+        return json_response({"status": "not ready", "error": service.not_ready_reason()}, 503)
 
     @router.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
 
     return router
+
+
+def describe(service: InferenceService, version: Any) -> dict[str, Any]:
+    """A model as /v1/models shows it: the version that serves by default, and every version loaded."""
+    described = version.describe()
+    slot = service.registry.slots.get(version.name)
+    if slot is not None:
+        described["versions"] = sorted(slot.loaded, key=int)
+    return described

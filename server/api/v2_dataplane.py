@@ -1,5 +1,6 @@
-"""The KServe v2 data plane, protocol-free: metadata, Triton model config, statistics and
-inference over tensors. /v2 HTTP (v2_http) and KServe gRPC (v2_grpc) translate to and from it.
+"""The KServe v2 data plane, protocol-free: metadata, Triton model config, statistics, the
+repository index and inference over tensors. /v2 HTTP (v2_http) and KServe gRPC (v2_grpc)
+translate to and from it.
 
 Metadata, config and statistics are plain dicts in Triton's JSON shape, which is also the
 protobuf JSON mapping of the gRPC messages, so both protocols serve the same answer.
@@ -7,7 +8,6 @@ protobuf JSON mapping of the gRPC messages, so both protocols serve the same ans
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -16,19 +16,30 @@ from typing import Any
 import numpy as np
 
 from server.api import v2_tensors as t
-from server.api.model_stats import stats_of
-from server.core.errors import ErrorKind, ServeError
+from server.core.errors import not_loaded
 from server.core.manifest import Manifest
+from server.core.model import ModelVersion
 from server.core.rows import RowOutputs
-from server.core.service import InferenceService, LoadedModel, Timings
+from server.core.service import Call, InferenceService, TaskRequest
 from server.core.tasks.base import Encoded, TaskHandler
+from server.core.timings import Timings
 
 SERVER_NAME = "electra-serve"
-MODEL_VERSION = "1"  # every model has exactly one version
 PLATFORM = "onnxruntime_onnx"
 # What a client may rely on (Triton's names); perf_analyzer reads this list.
-EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 PROTOCOL = "v2"
+
+
+def shorter_timeout(client_s: float | None, triton_us: Any) -> float | None:
+    """The shorter of the client's own timeout (seconds or None) and Triton's `timeout` request
+    parameter (microseconds, None when the request has none)."""
+    if triton_us is None:
+        return client_s
+    if not isinstance(triton_us, int) or isinstance(triton_us, bool) or triton_us <= 0:
+        raise t.bad("parameter timeout must be a positive integer number of microseconds")
+    mine = triton_us / 1_000_000
+    return mine if client_s is None else min(client_s, mine)
 
 
 def server_version() -> str:
@@ -40,7 +51,8 @@ def server_version() -> str:
 
 @dataclass(slots=True)
 class InferOutcome:
-    model: LoadedModel
+    model: str
+    version: str
     outputs: list[t.OutputTensor]
     timings: Timings
 
@@ -59,21 +71,23 @@ class _WithLogits:
 class V2Dataplane:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.stats = stats_of(service)
+        self.registry = service.registry
 
     # -- models -----------------------------------------------------------------------------
 
-    def model(self, name: str, version: str = "") -> LoadedModel:
-        loaded = self.service.models.get(name)
-        if loaded is None:
-            raise ServeError(ErrorKind.NOT_FOUND, f"model '{name}' is not loaded")
-        if version not in ("", MODEL_VERSION):
-            raise ServeError(ErrorKind.NOT_FOUND, f"model '{name}' has no version '{version}' (only {MODEL_VERSION})")
-        return loaded
+    def model(self, name: str, version: str = "") -> ModelVersion:
+        """A loaded version ("" : the one that serves by default)."""
+        slot = self.registry.slots.get(name)
+        found = None
+        if slot is not None:
+            found = slot.loaded.get(version) if version else slot.serving()
+        if found is None:
+            raise not_loaded(name, version or None)
+        return found
 
     def model_ready(self, name: str, version: str = "") -> bool:
         self.model(name, version)
-        return self.service.model_ready(name)
+        return self.service.model_ready(name, version or None)
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
@@ -84,9 +98,10 @@ class V2Dataplane:
         def tensor(spec: t.TensorSpec) -> dict[str, Any]:
             return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.dims]}
 
+        slot = self.registry.slots[name]
         return {
             "name": loaded.name,
-            "versions": [MODEL_VERSION],
+            "versions": sorted(slot.loaded, key=int),
             "platform": PLATFORM,
             "inputs": [tensor(s) for s in t.input_specs(loaded.manifest.task)],
             "outputs": [tensor(s) for s in t.output_specs(loaded.manifest)],
@@ -95,7 +110,7 @@ class V2Dataplane:
     def model_config(self, name: str, version: str = "") -> dict[str, Any]:
         """A minimal Triton model config: what tritonclient and perf_analyzer read."""
         loaded = self.model(name, version)
-        settings = self.service.settings
+        policy = loaded.batcher.policy
         inputs = [
             {
                 "name": s.name,
@@ -110,30 +125,31 @@ class V2Dataplane:
             {"name": s.name, "data_type": t.CONFIG_TYPES[s.datatype], "dims": list(s.dims)}
             for s in t.output_specs(loaded.manifest)
         ]
-        device = loaded.runtime.device
+        model = self.registry.scan().get(name)
+        version_policy = (model.policy if model else self.registry.default_policy).describe()
         return {
             "name": loaded.name,
             "platform": PLATFORM,
             "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}},
+            "version_policy": version_policy,
             # Rows per request: the batcher cuts model batches of its own from all requests' rows.
-            "max_batch_size": settings.max_inputs_per_request,
+            "max_batch_size": self.service.config.max_inputs_per_request,
             "input": inputs,
             "output": outputs,
             "dynamic_batching": {
                 # The model batches this model's batcher really cuts (CPU defaults applied).
-                "preferred_batch_size": [loaded.batcher.max_batch_size],
-                "max_queue_delay_microseconds": round(settings.max_queue_delay_ms * 1000),
-                "default_queue_policy": {"max_queue_size": settings.max_queue_size},
+                "preferred_batch_size": [policy.max_batch_size],
+                "max_queue_delay_microseconds": round(policy.max_queue_delay_ms * 1000),
+                "default_queue_policy": {"max_queue_size": policy.max_queue_size},
             },
             "instance_group": [
                 {
                     "name": f"{loaded.name}_0",
-                    "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
+                    "kind": "KIND_GPU" if loaded.runtime.device == "cuda" else "KIND_CPU",
                     "count": 1,
                 }
             ],
-            "default_model_filename": loaded.manifest.variants[loaded.runtime.precision].file,
+            "default_model_filename": loaded.manifest.variants[loaded.runtime.precision].file,  # type: ignore[index]
             "parameters": {
                 "task": {"string_value": loaded.manifest.task},
                 "precision": {"string_value": loaded.runtime.precision},
@@ -143,57 +159,49 @@ class V2Dataplane:
         }
 
     def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
-        names = [self.model(name, version).name] if name else sorted(self.service.models)
-        return {"model_stats": [self.stats.model_stats(n, MODEL_VERSION) for n in names]}
+        if name:
+            if version:
+                keys = [(self.model(name, version).name, version)]
+            else:
+                self.model(name)
+                keys = [(name, v) for v in sorted(self.registry.slots[name].loaded, key=int)]
+        else:
+            keys = [
+                (v.name, v.version) for v in sorted(self.registry.versions(), key=lambda v: (v.name, int(v.version)))
+            ]
+        return {"model_stats": [self.service.stats.model_stats(n, v) for n, v in keys]}
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        index = []
-        for name in sorted(self.service.models):
-            ready = self.service.model_ready(name)
-            if ready_only and not ready:
-                continue
-            state = "READY" if ready else "UNAVAILABLE"
-            reason = "" if ready else ("draining" if self.service.draining else "not ready")
-            index.append({"name": name, "version": MODEL_VERSION, "state": state, "reason": reason})
-        return index
+        return self.registry.index(ready_only)
 
     # -- inference --------------------------------------------------------------------------
 
-    @staticmethod
-    def _parse(loaded: LoadedModel, inputs: list[Any]) -> list[Any]:
-        """Validation lives in the task: the rows go through its REST parser."""
-        try:
-            items, _, _ = loaded.task.parse(inputs, None, loaded.manifest)
-        except ServeError as error:
-            raise ServeError(error.kind, f"{error.message} (inputs[i] is row i of the input tensors)") from error
-        return items
-
     async def infer(
         self,
+        call: Call,
         name: str,
         version: str,
         tensors: Sequence[t.InputTensor],
         output_names: Sequence[str] | None,
-        deadline: float | None,
     ) -> InferOutcome:
         """Check the tensors, run every row with default parameters, build the requested outputs."""
-        started = time.perf_counter()
         loaded = self.model(name, version)
-        try:
-            task, manifest = loaded.manifest.task, loaded.manifest
-            batch = t.gather(t.input_specs(task), tensors, loaded.name)
-            chosen = t.requested_outputs(t.output_specs(manifest), output_names, loaded.name)
-            items = self._parse(loaded, t.task_inputs(task, batch))
-            want_logits = any(spec.name == t.LOGITS for spec in chosen)
-            decode = _WithLogits(loaded.task) if want_logits else None
-            _, values, timings = await self.service.run_items(loaded.name, items, deadline, decode)
-            if want_logits:
-                results, logits = [v[0] for v in values], [v[1] for v in values]
-            else:
-                results, logits = values, None
-            outputs = t.build_outputs(chosen, batch, results, logits)
-        except ServeError:
-            self.stats.record_failure(loaded.name, time.perf_counter() - started)
-            raise
-        self.stats.record_success(loaded.name, batch.rows, timings)
-        return InferOutcome(loaded, outputs, timings)
+        call.model, call.task = loaded.name, loaded.manifest.task
+        task, manifest = loaded.manifest.task, loaded.manifest
+        batch = t.gather(t.input_specs(task), tensors, loaded.name)
+        chosen = t.requested_outputs(t.output_specs(manifest), output_names, loaded.name)
+        items = t.task_items(task, batch)
+        want_logits = any(spec.name == t.LOGITS for spec in chosen)
+        # The version is pinned: it was resolved above, with no await in between.
+        request = TaskRequest(
+            None, loaded.name, version=loaded.version, items=items, given={},
+            decode=_WithLogits(loaded.task) if want_logits else None,
+        )  # fmt: skip
+        result = await self.service.infer(call, request)
+        if want_logits:
+            values, logits = [v[0] for v in result.values], [v[1] for v in result.values]
+        else:
+            values, logits = result.values, None
+        shaped = [loaded.task.pipeline_json(v) for v in values]
+        outputs = t.build_outputs(chosen, batch, shaped, logits)
+        return InferOutcome(result.model, result.version, outputs, result.timings)

@@ -4,7 +4,6 @@ data plane (shared with /v2 HTTP) and back."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -13,20 +12,11 @@ from google.protobuf.message import Message
 
 from proto.inference import grpc_service_pb2 as pb
 from server.api import v2_tensors as t
-from server.api.grpc_common import (
-    Call,
-    counted,
-    deadline_of,
-    decode,
-    internal,
-    model_label,
-    stream,
-    timing_metadata,
-    unary,
-)
-from server.api.v2_dataplane import MODEL_VERSION, PROTOCOL, InferOutcome, V2Dataplane
-from server.core.errors import ServeError
-from server.core.service import InferenceService
+from server.api.grpc_common import decode, inference_unary, request_id_of, stream, unary
+from server.api.repository import RepositoryControl
+from server.api.v2_dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
+from server.core.errors import ErrorKind, ServeError
+from server.core.service import Call, InferenceService
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -47,7 +37,7 @@ CONTENTS_FIELD = {
 }
 
 
-def input_tensors(request: pb.ModelInferRequest) -> list[t.InputTensor]:
+def input_tensors(request: pb.ModelInferRequest, max_rows: int | None = None) -> list[t.InputTensor]:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise t.bad(f"{len(raw)} raw_input_contents for {len(request.inputs)} inputs: give one per input or none")
@@ -57,14 +47,15 @@ def input_tensors(request: pb.ModelInferRequest) -> list[t.InputTensor]:
         if raw:
             if tensor.HasField("contents"):
                 raise t.bad(f"input '{name}' has contents while the request uses raw_input_contents")
-            tensors.append(t.from_raw(name, datatype, shape, raw[i]))
+            tensors.append(t.from_raw(name, datatype, shape, raw[i], max_rows))
             continue
         field = CONTENTS_FIELD.get(datatype)
         if field is None:
             if datatype in t.DTYPES:
                 raise t.bad(f"input '{name}': {datatype} data must be sent in raw_input_contents")
             t.from_elements(name, datatype, shape, [])  # raises the unknown-datatype error
-        tensors.append(t.from_elements(name, datatype, shape, list(getattr(tensor.contents, field))))
+        t.element_count(shape, name, max_rows)  # the declared size first, before the elements are copied
+        tensors.append(t.from_elements(name, datatype, shape, list(getattr(tensor.contents, field)), max_rows))
     return tensors
 
 
@@ -75,25 +66,21 @@ def output_names(request: pb.ModelInferRequest) -> list[str] | None:
     return [output.name for output in request.outputs] or None
 
 
-def request_deadline(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
-    """The earlier of the client's gRPC deadline and Triton's `timeout` parameter (microseconds)."""
-    deadline = deadline_of(context)
-    if "timeout" not in request.parameters:
-        return deadline
-    parameter = request.parameters["timeout"]
-    choice = parameter.WhichOneof("parameter_choice")
-    timeout_us = getattr(parameter, choice) if choice in ("int64_param", "uint64_param") else None
-    if not timeout_us or timeout_us <= 0:
-        raise t.bad("parameter timeout must be a positive int64 number of microseconds")
-    mine = time.monotonic() + timeout_us / 1_000_000
-    return mine if deadline is None else min(deadline, mine)
+def timeout_s(request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> float | None:
+    """The shorter of the client's gRPC deadline and Triton's `timeout` parameter (microseconds)."""
+    triton_us = None
+    if "timeout" in request.parameters:
+        parameter = request.parameters["timeout"]
+        choice = parameter.WhichOneof("parameter_choice")
+        triton_us = getattr(parameter, choice) if choice in ("int64_param", "uint64_param") else -1
+    return shorter_timeout(context.time_remaining(), triton_us)
 
 
 def infer_response(request: pb.ModelInferRequest, outcome: InferOutcome) -> pb.ModelInferResponse:
     # Outputs always travel raw, as Triton sends them (tritonclient reads either form).
     return pb.ModelInferResponse(
-        model_name=outcome.model.name,
-        model_version=MODEL_VERSION,
+        model_name=outcome.model,
+        model_version=outcome.version,
         id=request.id,
         outputs=[
             pb.ModelInferResponse.InferOutputTensor(name=o.name, datatype=o.datatype, shape=o.shape)
@@ -104,50 +91,42 @@ def infer_response(request: pb.ModelInferRequest, outcome: InferOutcome) -> pb.M
 
 
 class InferenceServicer:
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, control: RepositoryControl | None = None) -> None:
         self.service = service
         self.plane = V2Dataplane(service)
+        self.control = control
 
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext, call: Call
     ) -> InferOutcome:
-        call.model, call.task = model_label(self.service, request.model_name)
-        return await self.plane.infer(
-            request.model_name,
-            request.model_version,
-            input_tensors(request),
-            output_names(request),
-            request_deadline(request, context),
-        )
+        call.deadline = self.service.deadline_in(timeout_s(request, context))
+        tensors = input_tensors(request, self.service.config.max_inputs_per_request)
+        return await self.plane.infer(call, request.model_name, request.model_version, tensors, output_names(request))
 
-    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
-        with counted(self.service, PROTOCOL, Call(), context) as call:
-            request = decode(pb.ModelInferRequest, raw)
-            outcome = await self._infer(request, context, call)
-            context.set_trailing_metadata(timing_metadata(outcome.timings, outcome.model.name))
-            return infer_response(request, outcome)
+    async def model_infer(self, raw: bytes, context: grpc.aio.ServicerContext, call: Call) -> Message:
+        request = decode(pb.ModelInferRequest, raw)
+        return infer_response(request, await self._infer(request, context, call))
 
     async def stream_one(self, raw: bytes, context: grpc.aio.ServicerContext) -> pb.ModelStreamInferResponse:
         """One streamed request -> its response; a failure is reported in `error_message`."""
         request = pb.ModelInferRequest()
         try:
-            with counted(self.service, PROTOCOL, Call(), context) as call:
+            with self.service.track(PROTOCOL, request_id_of(context)) as call:
                 request = decode(pb.ModelInferRequest, raw)
                 outcome = await self._infer(request, context, call)
                 return pb.ModelStreamInferResponse(infer_response=infer_response(request, outcome))
-        except ServeError as error:
-            failure = error
-        except Exception as exc:  # CancelledError is no Exception: cancellation propagates
-            failure = internal(exc)
-        # The id lets a client match the failure to its request.
-        echo = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-        return pb.ModelStreamInferResponse(error_message=failure.message, infer_response=echo)
+        except ServeError as failure:
+            # The id lets a client match the failure to its request.
+            echo = pb.ModelInferResponse(
+                model_name=request.model_name, model_version=request.model_version, id=request.id
+            )
+            return pb.ModelStreamInferResponse(error_message=failure.message, infer_response=echo)
 
     # -- health and metadata ----------------------------------------------------------------
 
     async def server_live(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         decode(pb.ServerLiveRequest, raw)
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.service.live)
 
     async def server_ready(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         decode(pb.ServerReadyRequest, raw)
@@ -181,6 +160,21 @@ class InferenceServicer:
         index = self.plane.repository_index(request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
+    async def repository_model_load(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = decode(pb.RepositoryModelLoadRequest, raw)
+        await self._control().load(request.model_name, dict(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def repository_model_unload(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
+        request = decode(pb.RepositoryModelUnloadRequest, raw)
+        await self._control().unload(request.model_name, dict(request.parameters))
+        return pb.RepositoryModelUnloadResponse()
+
+    def _control(self) -> RepositoryControl:
+        if self.control is None:
+            raise ServeError(ErrorKind.BAD_REQUEST, "this server does not load or unload models at run time")
+        return self.control
+
     def handlers(self) -> grpc.GenericRpcHandler:
         unary_methods: dict[str, Callable[[bytes, grpc.aio.ServicerContext], Awaitable[Message]]] = {
             "ServerLive": self.server_live,
@@ -188,11 +182,13 @@ class InferenceServicer:
             "ModelReady": self.model_ready,
             "ServerMetadata": self.server_metadata,
             "ModelMetadata": self.model_metadata,
-            "ModelInfer": self.model_infer,
             "ModelConfig": self.model_config,
             "ModelStatistics": self.model_statistics,
             "RepositoryIndex": self.repository_index,
+            "RepositoryModelLoad": self.repository_model_load,
+            "RepositoryModelUnload": self.repository_model_unload,
         }
         methods = {name: unary(behaviour) for name, behaviour in unary_methods.items()}
+        methods["ModelInfer"] = inference_unary(self.service, PROTOCOL, self.model_infer)
         methods["ModelStreamInfer"] = stream(self.stream_one)
         return grpc.method_handlers_generic_handler(SERVICE_NAME, methods)

@@ -10,7 +10,7 @@ input order. Outputs are returned raw (same framing) when the request sets
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -18,20 +18,25 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api import v2_tensors as t
-from server.api.hot_path import hot
+from server.api.hot_path import hot, tracked
 from server.api.http_common import (
-    deadline_of,
+    HttpLimits,
+    check_content_type,
     error_response,
     json_response,
     read_body,
+    timeout_of,
     timing_headers,
     until_disconnect,
 )
-from server.api.v2_dataplane import MODEL_VERSION, PROTOCOL, InferOutcome, V2Dataplane
+from server.api.repository import RepositoryControl
+from server.api.v2_dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.core.errors import ServeError
-from server.core.service import InferenceService
+from server.core.service import Call, InferenceService
 
 HEADER_LENGTH = "inference-header-content-length"
+# Every model takes one or two tensors; anything far beyond is a malformed (or hostile) request.
+MAX_TENSORS = 8
 
 
 def _object(value: Any, what: str) -> dict[str, Any]:
@@ -57,10 +62,12 @@ def split_request(body: bytes, header_length: str | None) -> tuple[dict[str, Any
     return _object(header, "the inference request"), memoryview(body)[size:]
 
 
-def parse_inputs(header: dict[str, Any], binary: memoryview) -> list[t.InputTensor]:
+def parse_inputs(header: dict[str, Any], binary: memoryview, max_rows: int | None = None) -> list[t.InputTensor]:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise t.bad("'inputs' must be a non-empty list of tensors")
+    if len(inputs) > MAX_TENSORS:
+        raise t.bad(f"{len(inputs)} input tensors; a request holds at most {MAX_TENSORS}")
     tensors, offset = [], 0
     for i, entry in enumerate(inputs):
         entry = _object(entry, f"inputs[{i}]")
@@ -71,10 +78,10 @@ def parse_inputs(header: dict[str, Any], binary: memoryview) -> list[t.InputTens
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
                 raise t.bad(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
-            tensors.append(t.from_raw(name, datatype, shape, binary[offset : offset + size]))
+            tensors.append(t.from_raw(name, datatype, shape, binary[offset : offset + size], max_rows))
             offset += size
         elif "data" in entry:
-            tensors.append(t.from_json(name, datatype, shape, entry["data"]))
+            tensors.append(t.from_json(name, datatype, shape, entry["data"], max_rows))
         else:
             raise t.bad(f"input '{name}' has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
@@ -109,16 +116,9 @@ def parse_outputs(header: dict[str, Any]) -> tuple[list[str] | None, dict[str, b
     return names, binary
 
 
-def timeout_deadline(header: dict[str, Any], request: Request) -> float | None:
-    """The earlier of the x-request-timeout-ms header and Triton's `timeout` parameter (microseconds)."""
-    deadline = deadline_of(request)
-    timeout_us = _object(header.get("parameters"), "parameters").get("timeout")
-    if timeout_us is None:
-        return deadline
-    if not isinstance(timeout_us, int) or isinstance(timeout_us, bool) or timeout_us <= 0:
-        raise t.bad("parameters.timeout must be a positive number of microseconds")
-    mine = time.monotonic() + timeout_us / 1_000_000
-    return mine if deadline is None else min(deadline, mine)
+def timeout_s(header: dict[str, Any], request: Request) -> float | None:
+    """The shorter of the x-request-timeout-ms header and Triton's `timeout` parameter (microseconds)."""
+    return shorter_timeout(timeout_of(request), _object(header.get("parameters"), "parameters").get("timeout"))
 
 
 def infer_response(outcome: InferOutcome, request_id: Any, binary: dict[str, bool]) -> Response:
@@ -132,22 +132,37 @@ def infer_response(outcome: InferOutcome, request_id: Any, binary: dict[str, boo
         else:
             entry["data"] = output.json_data()
         described.append(entry)
-    body: dict[str, Any] = {"model_name": outcome.model.name, "model_version": MODEL_VERSION, "outputs": described}
+    body: dict[str, Any] = {"model_name": outcome.model, "model_version": outcome.version, "outputs": described}
     if isinstance(request_id, str) and request_id:
         body["id"] = request_id
     header = orjson.dumps(body)
-    headers = timing_headers(outcome.timings, outcome.model.name)
+    headers = timing_headers(outcome.timings, outcome.model, outcome.version)
     if not tail:
         return Response(header, 200, headers, media_type="application/json")
     headers["Inference-Header-Content-Length"] = str(len(header))
     return Response(b"".join([header, *tail]), 200, headers, media_type="application/octet-stream")
 
 
-def build_router(service: InferenceService) -> APIRouter:
+async def _json_object(request: Request, limits: HttpLimits, what: str) -> dict[str, Any]:
+    """An optional JSON object body (an empty body is {})."""
+    check_content_type(request)
+    body = await read_body(request, limits.max_request_bytes, limits.body_timeout_s)
+    if not body.strip():
+        return {}
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise t.bad(f"the {what} request must be a JSON object")
+    return parsed
+
+
+def build_router(service: InferenceService, limits: HttpLimits, control: RepositoryControl | None = None) -> APIRouter:
     router = APIRouter(tags=["kserve-v2"])
     plane = V2Dataplane(service)
 
-    def answer(build: Any) -> Response:
+    def answer(build: Callable[[], Any]) -> Response:
         try:
             return json_response(build())
         except ServeError as error:
@@ -159,7 +174,7 @@ def build_router(service: InferenceService) -> APIRouter:
 
     @router.get("/v2/health/live")
     async def live() -> Response:
-        return json_response({"live": True})
+        return json_response({"live": service.live}, 200 if service.live else 503)
 
     @router.get("/v2/health/ready")
     async def ready() -> Response:
@@ -171,19 +186,53 @@ def build_router(service: InferenceService) -> APIRouter:
 
     @router.post("/v2/repository/index", summary="Models and their state")
     async def repository_index(request: Request) -> Response:
-        body = await read_body(request, service.settings.max_request_bytes)
         try:
-            ready_only = bool(orjson.loads(body).get("ready", False)) if body.strip() else False
-        except (orjson.JSONDecodeError, AttributeError):
-            return error_response(t.bad("the repository index request must be a JSON object"))
+            ready_only = (await _json_object(request, limits, "repository index")).get("ready", False)
+            if not isinstance(ready_only, bool):
+                raise t.bad("'ready' must be a boolean")
+        except ServeError as error:
+            return error_response(error)
         return json_response(plane.repository_index(ready_only))
 
+    if control is not None:
+        _control_routes(router, control, limits)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        _model_routes(router, service, plane, prefix, answer)
+        _model_routes(router, service, limits, plane, prefix, answer)
     return router
 
 
-def _model_routes(router: APIRouter, service: InferenceService, plane: V2Dataplane, prefix: str, answer: Any) -> None:
+def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpLimits) -> None:
+    async def parameters(request: Request) -> dict[str, Any]:
+        given = (await _json_object(request, limits, "repository")).get("parameters") or {}
+        if not isinstance(given, dict):
+            raise t.bad("'parameters' must be a JSON object")
+        return given
+
+    @router.post("/v2/repository/models/{name}/load", summary="Load or reload a model (explicit model control)")
+    async def load(name: str, request: Request) -> Response:
+        try:
+            await control.load(name, await parameters(request))
+        except ServeError as error:
+            return error_response(error)
+        return json_response({})
+
+    @router.post("/v2/repository/models/{name}/unload", summary="Unload a model (explicit model control)")
+    async def unload(name: str, request: Request) -> Response:
+        try:
+            await control.unload(name, await parameters(request))
+        except ServeError as error:
+            return error_response(error)
+        return json_response({})
+
+
+def _model_routes(
+    router: APIRouter,
+    service: InferenceService,
+    limits: HttpLimits,
+    plane: V2Dataplane,
+    prefix: str,
+    answer: Callable[[Callable[[], Any]], Response],
+) -> None:
     @router.get(prefix, summary="Model metadata (tensors)")
     async def model_metadata(name: str, version: str = "") -> Response:
         return answer(lambda: plane.model_metadata(name, version))
@@ -204,29 +253,17 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
     async def model_stats(name: str, version: str = "") -> Response:
         return answer(lambda: plane.statistics(name, version))
 
-    async def infer(name: str, version: str, request: Request) -> Response:
-        started = time.perf_counter()
-        model_label = name if name in service.models else "unknown"
-        task_label = service.models[name].manifest.task if name in service.models else "unknown"
-        service.metrics.labelled(service.metrics.inflight, PROTOCOL).inc()
-        try:
-            if request.headers.get("content-encoding", "identity").lower() != "identity":
-                raise t.bad("compressed request bodies are not supported")
-            body = await read_body(request, service.settings.max_request_bytes)
-            header, binary = split_request(body, request.headers.get(HEADER_LENGTH))
-            tensors = parse_inputs(header, binary)
-            names, binary_outputs = parse_outputs(header)
-            deadline = timeout_deadline(header, request)
-            outcome = await until_disconnect(request, plane.infer(name, version, tensors, names, deadline))
-            response = infer_response(outcome, header.get("id"), binary_outputs)
-        except ServeError as error:
-            response = error_response(error)
-        finally:
-            service.metrics.labelled(service.metrics.inflight, PROTOCOL).dec()
-        service.metrics.observe_request(
-            model_label, task_label, PROTOCOL, response.status_code, time.perf_counter() - started
-        )
-        return response
+    async def work(call: Call, name: str, version: str, request: Request) -> Response:
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            raise t.bad("compressed request bodies are not supported")
+        check_content_type(request, binary_ok=True)
+        body = await read_body(request, limits.max_request_bytes, limits.body_timeout_s)
+        header, binary = split_request(body, request.headers.get(HEADER_LENGTH))
+        tensors = parse_inputs(header, binary, service.config.max_inputs_per_request)
+        names, binary_outputs = parse_outputs(header)
+        call.deadline = service.deadline_in(timeout_s(header, request))
+        outcome = await until_disconnect(request, plane.infer(call, name, version, tensors, names))
+        return infer_response(outcome, header.get("id"), binary_outputs)
 
     # Inference is a hot route (server.api.hot_path): its parameters come from the path alone.
     summary = "Inference over BYTES tensors (JSON or binary)"
@@ -235,11 +272,11 @@ def _model_routes(router: APIRouter, service: InferenceService, plane: V2Datapla
         @router.post(f"{prefix}/infer", summary=summary)
         @hot
         async def infer_version(name: str, version: str, request: Request) -> Response:
-            return await infer(name, version, request)
+            return await tracked(service, request, PROTOCOL, lambda call: work(call, name, version, request))
 
     else:
 
         @router.post(f"{prefix}/infer", summary=summary)
         @hot
         async def infer_latest(name: str, request: Request) -> Response:
-            return await infer(name, "", request)
+            return await tracked(service, request, PROTOCOL, lambda call: work(call, name, "", request))

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from server.core.errors import ErrorKind, ServeError
+from server.core.errors import ErrorKind, ServeError, too_large
 from server.core.manifest import Manifest
+from server.core.tasks import classify, qa
 
 BYTES = "BYTES"
 # KServe datatype -> little-endian numpy dtype (None: BYTES, which has no fixed width).
@@ -82,20 +83,23 @@ def output_specs(manifest: Manifest) -> tuple[TensorSpec, ...]:
 # ---------------------------------------------------------------- BYTES encoding
 
 
-def split_bytes(raw: bytes | memoryview, name: str) -> list[bytes]:
-    """A BYTES tensor's raw contents -> its elements (each prefixed by a uint32 LE length)."""
+def split_bytes(raw: bytes | memoryview, name: str, count: int) -> list[bytes]:
+    """A BYTES tensor's raw contents -> exactly `count` elements (each prefixed by a uint32 LE
+    length); a length that overruns the data, or bytes left over, is a lie about the tensor."""
     view = memoryview(raw)
     items: list[bytes] = []
     offset = 0
-    while offset < len(view):
+    for _ in range(count):
         if offset + 4 > len(view):
-            raise bad(f"input '{name}': truncated BYTES element length at byte {offset}")
+            raise bad(f"input '{name}': the data ends after {len(items)} of its {count} BYTES elements")
         (length,) = _LENGTH.unpack_from(view, offset)
         offset += 4
         if offset + length > len(view):
             raise bad(f"input '{name}': BYTES element of {length} bytes overruns the tensor data")
         items.append(bytes(view[offset : offset + length]))
         offset += length
+    if offset != len(view):
+        raise bad(f"input '{name}': shape says {count} BYTES elements, the data holds more")
     return items
 
 
@@ -114,10 +118,17 @@ class InputTensor:
     data: list[bytes] | np.ndarray  # BYTES elements, or a flat numeric array
 
 
-def element_count(shape: Sequence[int], name: str) -> int:
+def element_count(shape: Sequence[int], name: str, max_elements: int | None = None) -> int:
+    """Elements a shape declares, checked before any data is decoded (a huge declared shape is
+    refused at once, whatever the payload)."""
     if any(not isinstance(d, int) or isinstance(d, bool) or d < 0 for d in shape):
         raise bad(f"input '{name}': shape {list(shape)} must be non-negative integers")
-    return math.prod(shape)
+    if len(shape) > 8:
+        raise bad(f"input '{name}': shape {list(shape)[:9]}... has too many dimensions")
+    count = math.prod(shape)
+    if max_elements is not None and count > max_elements:
+        raise too_large(f"input '{name}': shape {list(shape)} holds {count} rows; at most {max_elements} are allowed")
+    return count
 
 
 def _check_datatype(name: str, datatype: Any) -> None:
@@ -125,13 +136,15 @@ def _check_datatype(name: str, datatype: Any) -> None:
         raise bad(f"input '{name}': unknown datatype {datatype!r}; expected one of {', '.join(DTYPES)}")
 
 
-def from_raw(name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview) -> InputTensor:
+def from_raw(
+    name: str, datatype: str, shape: Sequence[int], raw: bytes | memoryview, max_elements: int | None = None
+) -> InputTensor:
     """A tensor whose data is raw bytes (gRPC raw_input_contents, the HTTP binary extension)."""
     _check_datatype(name, datatype)
-    count = element_count(shape, name)
+    count = element_count(shape, name, max_elements)
     dtype = DTYPES[datatype]
     if dtype is None:
-        items = split_bytes(raw, name)
+        items = split_bytes(raw, name, count)
         data: list[bytes] | np.ndarray = items
         found = len(items)
     else:
@@ -160,10 +173,12 @@ def _flatten(value: Any) -> list[Any]:
     return flat
 
 
-def from_elements(name: str, datatype: str, shape: Sequence[int], elements: Sequence[Any]) -> InputTensor:
+def from_elements(
+    name: str, datatype: str, shape: Sequence[int], elements: Sequence[Any], max_elements: int | None = None
+) -> InputTensor:
     """A tensor from its elements in row-major order (BYTES elements are bytes)."""
     _check_datatype(name, datatype)
-    count = element_count(shape, name)
+    count = element_count(shape, name, max_elements)
     if len(elements) != count:
         raise bad(f"input '{name}': shape {list(shape)} needs {count} elements, the data holds {len(elements)}")
     dtype = DTYPES[datatype]
@@ -178,14 +193,18 @@ def from_elements(name: str, datatype: str, shape: Sequence[int], elements: Sequ
     return InputTensor(name, datatype, list(shape), array)
 
 
-def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> InputTensor:
+def from_json(
+    name: str, datatype: str, shape: Sequence[int], data: Any, max_elements: int | None = None
+) -> InputTensor:
     """A tensor whose data is JSON (`data`: flat or nested, row-major); BYTES elements are strings."""
+    _check_datatype(name, datatype)
+    element_count(shape, name, max_elements)  # the declared size first: data that is far bigger is refused unread
     flat = _flatten(data)
     if datatype == BYTES:
         if not all(isinstance(item, str) for item in flat):
             raise bad(f"input '{name}': BYTES data must be strings")
         flat = [item.encode() for item in flat]
-    return from_elements(name, datatype, shape, flat)
+    return from_elements(name, datatype, shape, flat, max_elements)
 
 
 @dataclass(slots=True)
@@ -242,14 +261,16 @@ def _texts(name: str, data: list[bytes] | np.ndarray) -> list[str]:
     return texts
 
 
-def task_inputs(task: str, batch: Batch) -> list[Any]:
-    """The batch as the `inputs` of the task's REST request (one per row), for `task.parse`."""
+def task_items(task: str, batch: Batch) -> list[Any]:
+    """The batch's rows as the task's typed items (the same checks as every other protocol's)."""
     c = batch.columns
     if task == "classify":
         pairs = c.get("TEXT_PAIR") or [None] * batch.rows
-        return [{"text": text, "text_pair": pair or None} for text, pair in zip(c["TEXT"], pairs, strict=True)]
+        return [
+            classify.item(text, pair, f"row {i}") for i, (text, pair) in enumerate(zip(c["TEXT"], pairs, strict=True))
+        ]
     if task == "qa":
-        return [{"question": q, "context": ctx} for q, ctx in zip(c["QUESTION"], c["CONTEXT"], strict=True)]
+        return [qa.item(q, ctx, f"row {i}") for i, (q, ctx) in enumerate(zip(c["QUESTION"], c["CONTEXT"], strict=True))]
     return list(c["TEXT"])
 
 

@@ -1,15 +1,23 @@
-"""The dynamic batcher: one per model, one asyncio task owning its queue.
+"""The dynamic batcher: one per model version, one asyncio task owning its queue.
 
 Requests hand in rows (unpadded token sequences). The loop waits for the first row, then up
 to `max_queue_delay_ms` (counted from the oldest queued row, as Triton does) for more, and
 cuts a batch bounded by `max_batch_size` rows and `max_batch_tokens` padded tokens (rows x
 longest row: the model pads, so that is what it computes), and optionally by attention cells
 (rows x longest row squared). Rows within a sort window are grouped by length to cut padding,
-but every batch contains the oldest queued row, so no row starves. Expired and abandoned rows
-are dropped before they reach the model. The model runs on a dedicated executor thread; while
-every thread is busy, the next batch is staged only once it is full (a partial one keeps growing
-until a thread frees up). Results are scattered back to each request, and every request ends
-with a result or an error, never waiting forever.
+but every batch contains the oldest queued row, so no row starves. The window takes rows from
+the waiting requests in turn (one row of each, then a second of each...), so a request of many
+windows shares the model with the requests behind it instead of holding it until it ends; one
+request may queue at most its share of the queue. Expired and abandoned requests leave the
+queue at once. The model runs on a dedicated executor thread; while every thread is busy, the
+next batch is staged only once it is full (a partial one keeps growing until a thread frees up).
+
+Failures stay as small as they can: a batch whose run fails is retried row by row (and split in
+halves when it ran out of memory), so only the requests whose own rows fail get an error. After
+`failure_threshold` failed runs in a row the batcher reports itself unhealthy (readiness turns
+false) and probes the model with a one-row run every `probe_interval_s` until one succeeds. A
+batching loop that dies is restarted (a few times in a minute at most; then the batcher is dead,
+which liveness reports). Every request ends with a result or an error, never waiting forever.
 """
 
 from __future__ import annotations
@@ -22,17 +30,22 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from server.core.errors import ErrorKind, ServeError
+from server.core.config import BatchPolicy
+from server.core.errors import ErrorKind, ServeError, too_large
 from server.core.rows import Row, RowOutputs
 
 log = logging.getLogger(__name__)
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
+
+# Loop restarts allowed within RESTART_WINDOW_S before the batcher counts as dead.
+MAX_RESTARTS = 3
+RESTART_WINDOW_S = 60.0
 
 
 class BatchObserver(Protocol):
@@ -40,19 +53,34 @@ class BatchObserver(Protocol):
 
     def on_batch(self, model_rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None: ...
 
-    def on_drop(self, reason: str, n_rows: int) -> None: ...  # reason: deadline | cancelled | overload
+    def on_drop(self, reason: str) -> None: ...  # one request: deadline | cancelled | overload
 
     def on_queue_depth(self, n: int) -> None: ...
+
+    def on_failure(self, kind: str) -> None: ...  # a model run failed: error | oom
+
+    def on_retry(self, rows: int) -> None: ...  # a failed batch's rows are run again in smaller parts
+
+    def on_restart(self) -> None: ...  # the batching loop died and was restarted
 
 
 class NullObserver:
     def on_batch(self, model_rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
         pass
 
-    def on_drop(self, reason: str, n_rows: int) -> None:
+    def on_drop(self, reason: str) -> None:
         pass
 
     def on_queue_depth(self, n: int) -> None:
+        pass
+
+    def on_failure(self, kind: str) -> None:
+        pass
+
+    def on_retry(self, rows: int) -> None:
+        pass
+
+    def on_restart(self) -> None:
         pass
 
 
@@ -66,15 +94,15 @@ class SubmitResult:
 @dataclass(eq=False, slots=True)
 class _Request:
     rows: Sequence[Row]
-    future: asyncio.Future[SubmitResult]
+    future: asyncio.Future[SubmitResult] | None
     deadline: float | None
     submitted: float
     outputs: list[RowOutputs | None]
-    queued: int  # rows still in the queue
-    unfinished: int  # rows without an output yet
+    pending: deque[_Entry] = field(default_factory=deque)  # its rows still in the queue, in order
+    unfinished: int = 0  # rows without an output yet
     started: float | None = None
     timer: asyncio.TimerHandle | None = None
-    # Answered or abandoned: its rows left in the queue are dead and skipped (removed lazily).
+    # Answered or abandoned: its rows left the queue; a running batch's outputs for it are ignored.
     closed: bool = False
 
 
@@ -85,82 +113,78 @@ class _Entry:
     length: int
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """onnxruntime reports allocation failures as plain runtime errors; read the message."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return any(
+        s in text for s in ("out of memory", "failed to allocate", "alloc_failed", "bad_alloc", "memoryallocation")
+    )
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What the executor thread brings back: each row's outputs or error, and how the runs went."""
+
+    outputs: list[RowOutputs | None]
+    errors: list[BaseException | None]
+    started: float
+    seconds: float
+    failed_runs: list[str] = field(default_factory=list)  # kinds of the runs that failed
+    retried_rows: int = 0
+
+
 class DynamicBatcher:
     def __init__(
         self,
         run: RunFn,
+        policy: BatchPolicy,
         *,
         pad_token_id: int = 0,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 16384,
-        max_batch_attention: int | None = None,
-        max_queue_delay_ms: float = 5.0,
-        max_queue_size: int = 1024,
-        max_inflight_batches: int = 1,
-        sort_window: int | None = None,
-        max_padding_ratio: float | None = None,
         sequence_outputs: Collection[str] | None = None,
         observer: BatchObserver | None = None,
         executor: ThreadPoolExecutor | None = None,
         name: str = "model",
+        failure_threshold: int = 5,
+        probe_interval_s: float = 2.0,
     ) -> None:
         """
-        max_batch_attention: most rows x longest row^2 (each head's attention scores) in a batch;
-          None: no limit. On a CPU long rows run faster alone than together (the scores fall out
-          of the cache), while short rows still gain from batching.
-        sort_window: how many queued rows (oldest first) are length-grouped together; None: four
-          batches' worth; 0: strict FIFO.
-        max_padding_ratio: a batch stops growing before its padding (padded tokens / all tokens)
-          would pass this; None: no limit. On a CPU a padded token costs as much as a real one
-          and batching gains little, so a few rows of close lengths beat many of mixed lengths;
-          on a GPU bigger batches pay for some padding.
         sequence_outputs: outputs with a sequence axis 1, cut back to each row's length (the
           runtime's `sequence_outputs`). None: guessed as "axis 1 equals the padded length", which
           is ambiguous for a classifier whose label count equals a batch's padded length.
         executor: None (the default) creates one owned by the batcher with one thread per
           in-flight batch; one passed in is not shut down by `stop`.
         """
-        for knob, value in (
-            ("max_batch_size", max_batch_size),
-            ("max_batch_tokens", max_batch_tokens),
-            ("max_queue_size", max_queue_size),
-            ("max_inflight_batches", max_inflight_batches),
-        ):
-            if value < 1:
-                raise ValueError(f"{knob} must be >= 1, got {value}")
         self.name = name
+        self.policy = policy
         self._run = run
         self._pad = pad_token_id
-        self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
-        if max_batch_attention is not None and max_batch_attention < 1:
-            raise ValueError(f"max_batch_attention must be >= 1 or None, got {max_batch_attention}")
-        self.max_batch_attention = max_batch_attention
-        self.max_queue_delay_s = max(0.0, max_queue_delay_ms) / 1000.0
-        self.max_queue_size = max_queue_size
-        self.max_inflight_batches = max_inflight_batches
-        if sort_window is None:
-            sort_window = 4 * max_batch_size
-        if max_padding_ratio is not None and not 0 <= max_padding_ratio < 1:
-            raise ValueError(f"max_padding_ratio must be within [0, 1), got {max_padding_ratio}")
-        self.max_padding_ratio = max_padding_ratio
+        self.max_batch_size = policy.max_batch_size
+        self.max_queue_size = policy.max_queue_size
+        self.max_inflight_batches = policy.max_inflight_batches
+        self.max_queue_delay_s = max(0.0, policy.max_queue_delay_ms) / 1000.0
+        sort_window = 4 * policy.max_batch_size if policy.sort_window is None else policy.sort_window
         self._fifo = sort_window == 0
-        self._window_size = max_batch_size if self._fifo else max(sort_window, max_batch_size)
+        self._window_size = policy.max_batch_size if self._fifo else max(sort_window, policy.max_batch_size)
         self._sequence_outputs = None if sequence_outputs is None else frozenset(sequence_outputs)
         self._observer: BatchObserver = observer or NullObserver()
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(
-            max_workers=max_inflight_batches, thread_name_prefix=f"batcher-{name}"
+            max_workers=policy.max_inflight_batches, thread_name_prefix=f"batcher-{name}"
         )
+        self.failure_threshold = failure_threshold
+        self.probe_interval_s = probe_interval_s
 
-        self._queue: deque[_Entry] = deque()
-        self._depth = 0  # live rows in the queue
+        # Requests with rows in the queue, oldest first (a dict keeps insertion order).
+        self._waiting: dict[_Request, None] = {}
+        self._depth = 0  # rows in the queue
         self._inflight = 0
         self._inflight_tasks: set[asyncio.Task[None]] = set()
         # One batch more than there are threads: while every thread is busy the loop stages the
         # next (full) batch in the executor's queue, so the model starts it the moment a thread
         # frees up, without waiting for the event loop to notice.
-        self._slots = asyncio.Semaphore(max_inflight_batches + 1)
+        self._slots = asyncio.Semaphore(policy.max_inflight_batches + 1)
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -169,7 +193,11 @@ class DynamicBatcher:
         self._accepting = True
         self._stopped = False
         self._died = False
+        self._restarts: deque[float] = deque()
         self._batch_seconds_ewma: float | None = None
+        self.executions = 0  # model runs that succeeded (Triton's execution_count)
+        self.consecutive_failures = 0
+        self._probe: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------------------
 
@@ -183,9 +211,14 @@ class DynamicBatcher:
         return self._inflight
 
     @property
-    def healthy(self) -> bool:
-        """False once the batching loop died unexpectedly: health checks must report it."""
+    def alive(self) -> bool:
+        """False once the batching loop died for good: liveness must report it."""
         return not self._died
+
+    @property
+    def healthy(self) -> bool:
+        """Alive and its model runs are not failing in a row: readiness must report it."""
+        return not self._died and self.consecutive_failures < self.failure_threshold
 
     @property
     def accepting(self) -> bool:
@@ -198,8 +231,28 @@ class DynamicBatcher:
         if self._stopped:
             raise RuntimeError(f"batcher {self.name} was stopped; create a new one")
         self._loop = asyncio.get_running_loop()
+        self._start_loop()
+
+    def _start_loop(self) -> None:
+        assert self._loop is not None
         self._task = self._loop.create_task(self._batch_loop(), name=f"batcher-{self.name}")
         self._task.add_done_callback(self._on_loop_exit)
+
+    def check_capacity(self) -> None:
+        """Refuse (429) while the queue is full: a request would be tokenized only to be refused."""
+        if not self.accepting:
+            why = "is shutting down" if not self._died else "is not running (its batching loop failed)"
+            raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} {why}")
+        if self._depth >= self.max_queue_size:
+            self._notify(self._observer.on_drop, "overload")
+            raise self._overloaded()
+
+    def _overloaded(self) -> ServeError:
+        return ServeError(
+            ErrorKind.OVERLOADED,
+            f"model {self.name} is overloaded: {self._depth} inputs queued (max {self.max_queue_size})",
+            retry_after_s=self._retry_after(),
+        )
 
     async def submit(self, rows: Sequence[Row], deadline: float | None = None) -> SubmitResult:
         """Run rows through the model (possibly batched with other requests' rows).
@@ -223,20 +276,17 @@ class DynamicBatcher:
                 )
         now = time.monotonic()
         if deadline is not None and deadline <= now:
-            self._notify(self._observer.on_drop, "deadline", n)
+            self._notify(self._observer.on_drop, "deadline")
             raise ServeError(ErrorKind.DEADLINE_EXCEEDED, "the request's deadline passed before it was queued")
-        if n > self.max_queue_size:
-            raise ServeError(
-                ErrorKind.TOO_LARGE,
-                f"the request needs {n} model inputs, more than the queue holds ({self.max_queue_size})",
+        share = self.policy.request_rows_limit
+        if n > share:
+            raise too_large(
+                f"the request needs {n} model inputs; one request may queue at most {share} "
+                f"(a share of the queue of {self.max_queue_size})"
             )
         if self._depth + n > self.max_queue_size:
-            self._notify(self._observer.on_drop, "overload", n)
-            raise ServeError(
-                ErrorKind.OVERLOADED,
-                f"model {self.name} is overloaded: {self._depth} inputs queued (max {self.max_queue_size})",
-                retry_after_s=self._retry_after(),
-            )
+            self._notify(self._observer.on_drop, "overload")
+            raise self._overloaded()
 
         assert self._loop is not None
         request = _Request(
@@ -245,15 +295,16 @@ class DynamicBatcher:
             deadline=deadline,
             submitted=now,
             outputs=[None] * n,
-            queued=n,
             unfinished=n,
         )
-        self._queue.extend(_Entry(request, i, len(row)) for i, row in enumerate(rows))
+        request.pending.extend(_Entry(request, i, len(row)) for i, row in enumerate(rows))
+        self._waiting[request] = None
         self._set_depth(self._depth + n)
         self._idle.clear()
         self._wakeup.set()
         if deadline is not None:
             request.timer = self._loop.call_later(max(0.0, deadline - now), self._expire, request)
+        assert request.future is not None
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -261,7 +312,7 @@ class DynamicBatcher:
             if not request.closed:
                 dropped = self._close(request)
                 if dropped:
-                    self._notify(self._observer.on_drop, "cancelled", dropped)
+                    self._notify(self._observer.on_drop, "cancelled")
                 self._update_idle()
             raise
 
@@ -284,6 +335,8 @@ class DynamicBatcher:
                     self._inflight,
                 )
         self._stopped = True
+        if self._probe is not None:
+            self._probe.cancel()
         self._fail_queued(ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} stopped before this request ran"))
         if self._task is not None and not self._task.done():  # a dead loop was already reported
             self._task.cancel()
@@ -309,10 +362,10 @@ class DynamicBatcher:
                 raise
             try:
                 self._dispatch(entries)
-            except Exception as exc:  # entries are off the queue: answer them here, keep the loop alive
+            except Exception:  # entries are off the queue: answer them here, keep the loop alive
                 self._slots.release()
                 log.exception("batcher %s: could not assemble a batch", self.name)
-                error = ServeError(ErrorKind.INTERNAL, f"could not assemble a batch: {exc}")
+                error = ServeError(ErrorKind.INTERNAL, "could not assemble a batch")
                 for request in dict.fromkeys(e.request for e in entries):
                     self._fail(request, error)
                 self._update_idle()
@@ -343,31 +396,31 @@ class DynamicBatcher:
                     await self._wakeup.wait()
 
     def _window(self, now: float) -> list[_Entry]:
-        """The oldest live rows, at most a sort window's worth; expired requests are dropped here."""
-        queue = self._queue
-        while queue and queue[0].request.closed:
-            queue.popleft()
-        window: list[_Entry] = []
-        expired: list[_Request] = []
-        for entry in queue:
-            request = entry.request
-            if request.closed:
-                continue
-            if request.deadline is not None and request.deadline <= now:
-                expired.append(request)
-                continue
-            window.append(entry)
-            if len(window) >= self._window_size:
-                break
+        """Up to a sort window of queued rows, taken from the waiting requests in turn (oldest request
+        first, one row of each per round); requests whose deadline passed are dropped here."""
+        expired = [r for r in self._waiting if r.deadline is not None and r.deadline <= now]
         for request in expired:
             self._expire(request)
+        window: list[_Entry] = []
+        size = self._window_size
+        for depth in range(size):
+            took = False
+            for request in self._waiting:
+                if depth < len(request.pending):
+                    window.append(request.pending[depth])
+                    took = True
+                    if len(window) >= size:
+                        return window
+            if not took:
+                break
         return window
 
     def _select(self, window: list[_Entry]) -> tuple[list[_Entry], bool]:
         """Rows for the next batch (always including the oldest) and whether a limit was reached."""
         max_rows = self.max_batch_size
+        max_padding = self.policy.max_padding_ratio
         # Padding limit as a bound on padded tokens: rows x longest <= real / (1 - ratio).
-        slack = None if self.max_padding_ratio is None else 1.0 / (1.0 - self.max_padding_ratio)
+        slack = None if max_padding is None else 1.0 / (1.0 - max_padding)
         if self._fifo:
             chosen: list[_Entry] = []
             longest = real = 0
@@ -384,7 +437,7 @@ class DynamicBatcher:
                     return chosen, True
             return chosen, False
 
-        # Sort the window by length (ties keep arrival order) and grow a contiguous run around
+        # Sort the window by length (ties keep window order) and grow a contiguous run around
         # the oldest row, always taking the neighbour closest in length: similar lengths end up
         # together, and rows far from this batch's length stay for a batch of their own.
         order = sorted(window, key=lambda e: e.length)  # stable: the oldest comes first among equals
@@ -424,25 +477,44 @@ class DynamicBatcher:
     def _too_big(self, rows: int, longest: int) -> bool:
         """Whether a batch of `rows` padded to `longest` passes the token or attention limit."""
         padded = rows * longest
-        cells = self.max_batch_attention
-        return padded > self.max_batch_tokens or (cells is not None and padded * longest > cells)
+        cells = self.policy.max_batch_attention
+        return padded > self.policy.max_batch_tokens or (cells is not None and padded * longest > cells)
 
     def _remove(self, chosen: list[_Entry]) -> None:
-        """Take the chosen entries off the queue (they all sit within its first window)."""
-        pending = set(chosen)
-        kept: list[_Entry] = []
-        while pending:
-            entry = self._queue.popleft()
-            if entry in pending:
-                pending.discard(entry)
-            elif not entry.request.closed:
-                kept.append(entry)
-        self._queue.extendleft(reversed(kept))
+        """Take the chosen entries off their requests' queues (each among the first of its request)."""
+        by_request: dict[_Request, set[int]] = {}
+        for entry in chosen:
+            by_request.setdefault(entry.request, set()).add(id(entry))
+        for request, taken in by_request.items():
+            pending = request.pending
+            kept = []
+            while taken:
+                entry = pending.popleft()
+                if id(entry) in taken:
+                    taken.discard(id(entry))
+                else:
+                    kept.append(entry)
+            pending.extendleft(reversed(kept))
+            if not pending:
+                self._waiting.pop(request, None)
 
     def _dispatch(self, entries: list[_Entry]) -> None:
-        for entry in entries:
-            entry.request.queued -= 1
         self._set_depth(self._depth - len(entries))
+        arrays = self._pad_rows(entries)
+        real_tokens = sum(e.length for e in entries)
+
+        self._inflight += 1
+        assert self._loop is not None
+        try:
+            future = self._loop.run_in_executor(self._executor, self._timed_run, entries, *arrays)
+        except BaseException:
+            future = self._loop.create_future()
+            future.set_exception(RuntimeError("the inference executor is shut down"))
+        task = self._loop.create_task(self._complete(entries, future, real_tokens, arrays[0].size))
+        self._inflight_tasks.add(task)
+        task.add_done_callback(self._inflight_tasks.discard)
+
+    def _pad_rows(self, entries: Sequence[_Entry]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, width = len(entries), max(e.length for e in entries)
         input_ids = np.full((rows, width), self._pad, dtype=np.int64)
         attention_mask = np.zeros((rows, width), dtype=np.int64)
@@ -452,20 +524,7 @@ class DynamicBatcher:
             input_ids[j, :n] = row.input_ids
             attention_mask[j, :n] = 1
             token_type_ids[j, :n] = row.token_type_ids
-        real_tokens = sum(e.length for e in entries)
-
-        self._inflight += 1
-        assert self._loop is not None
-        try:
-            future = self._loop.run_in_executor(
-                self._executor, self._timed_run, entries, input_ids, attention_mask, token_type_ids
-            )
-        except BaseException:
-            future = self._loop.create_future()
-            future.set_exception(RuntimeError("the inference executor is shut down"))
-        task = self._loop.create_task(self._complete(entries, future, real_tokens, rows * width))
-        self._inflight_tasks.add(task)
-        task.add_done_callback(self._inflight_tasks.discard)
+        return input_ids, attention_mask, token_type_ids
 
     def _timed_run(
         self,
@@ -473,58 +532,143 @@ class DynamicBatcher:
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
         token_type_ids: np.ndarray,
-    ) -> tuple[dict[str, np.ndarray] | None, float, float]:
-        """On the executor thread: (outputs, monotonic start, seconds); None when nobody waits any more."""
+    ) -> _Outcome | None:
+        """On the executor thread: each row's outputs (or its error); None when nobody waits any more."""
         started = time.monotonic()
         # A staged batch whose requests were all cancelled or failed meanwhile is not worth running.
         # (Reading the flags from this thread is a benign race: at worst the batch runs for nothing.)
         if all(e.request.closed for e in entries):
-            return None, started, 0.0
+            return None
         t0 = time.perf_counter()
-        outputs = self._run(input_ids, attention_mask, token_type_ids)
-        return outputs, started, time.perf_counter() - t0
+        outcome = _Outcome([None] * len(entries), [None] * len(entries), started, 0.0)
+        self._run_part(entries, list(range(len(entries))), (input_ids, attention_mask, token_type_ids), outcome)
+        outcome.seconds = time.perf_counter() - t0
+        return outcome
+
+    def _run_part(
+        self,
+        entries: list[_Entry],
+        positions: list[int],
+        arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        outcome: _Outcome,
+    ) -> None:
+        """Run these rows as one batch; when that fails, run them again in smaller parts: halves
+        after an out-of-memory error (the batch may simply be too big), else one row at a time
+        (to find the rows that fail), so that only failing rows fail."""
+        part = [entries[p] for p in positions]
+        if arrays is None:
+            arrays = self._pad_rows(part)
+        try:
+            outputs = self._run(*arrays)
+            for position, row_outputs in zip(positions, self._split(outputs, part), strict=True):
+                outcome.outputs[position] = row_outputs
+            return
+        except Exception as exc:
+            oom = is_out_of_memory(exc)
+            outcome.failed_runs.append("oom" if oom else "error")
+            if len(positions) == 1:
+                log.error("batcher %s: a model run of one row failed: %r", self.name, exc)
+                outcome.errors[positions[0]] = exc
+                return
+            log.warning(
+                "batcher %s: a batch of %d rows failed (%s); running it again in %s",
+                self.name,
+                len(positions),
+                "out of memory" if oom else repr(exc),
+                "halves" if oom else "single rows",
+            )
+            outcome.retried_rows += len(positions)
+        parts = (
+            [positions[: len(positions) // 2], positions[len(positions) // 2 :]] if oom else [[p] for p in positions]
+        )
+        for sub in parts:
+            self._run_part(entries, sub, None, outcome)
 
     async def _complete(
         self,
         entries: list[_Entry],
-        future: asyncio.Future[tuple[dict[str, np.ndarray] | None, float, float]],
+        future: asyncio.Future[_Outcome | None],
         real_tokens: int,
         padded_tokens: int,
     ) -> None:
-        results: list[RowOutputs] | None = None
+        outcome: _Outcome | None = None
         error: ServeError | None = None
         try:
-            outputs, started, seconds = await future
-            if outputs is None:
+            outcome = await future
+            if outcome is None:
                 error = ServeError(ErrorKind.CANCELLED, "every request of this batch went away")
                 return
             for entry in entries:
                 request = entry.request
-                request.started = started if request.started is None else min(request.started, started)
-            results = self._split(outputs, entries)
-            self._notify(self._observer.on_batch, len(entries), real_tokens, padded_tokens, seconds)
-            self._batch_seconds_ewma = (
-                seconds if self._batch_seconds_ewma is None else 0.8 * self._batch_seconds_ewma + 0.2 * seconds
-            )
+                request.started = outcome.started if request.started is None else min(request.started, outcome.started)
+            self._account(outcome, len(entries), real_tokens, padded_tokens)
         except asyncio.CancelledError:
             error = ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} stopped before this batch finished")
             raise
-        except ServeError as exc:
-            error = exc
-        except Exception as exc:
+        except Exception:
             log.exception("batcher %s: a batch of %d rows failed", self.name, len(entries))
-            error = ServeError(ErrorKind.INTERNAL, f"inference failed: {type(exc).__name__}: {exc}")
+            error = ServeError(ErrorKind.INTERNAL, "inference failed")
         finally:
             self._inflight -= 1
             self._slots.release()
             self._wakeup.set()  # a thread is free: a waiting partial batch may go now
-            if results is not None:
-                self._deliver(entries, results)
+            if outcome is not None:
+                self._deliver(entries, outcome)
             else:
                 failed = error or ServeError(ErrorKind.INTERNAL, "inference failed")
                 for request in dict.fromkeys(e.request for e in entries):
                     self._fail(request, failed)
             self._update_idle()
+
+    def _account(self, outcome: _Outcome, rows: int, real_tokens: int, padded_tokens: int) -> None:
+        for kind in outcome.failed_runs:
+            self._notify(self._observer.on_failure, kind)
+        if outcome.retried_rows:
+            self._notify(self._observer.on_retry, outcome.retried_rows)
+        if any(e is None for e in outcome.errors):
+            self.executions += 1
+            self._notify(self._observer.on_batch, rows, real_tokens, padded_tokens, outcome.seconds)
+            self._batch_seconds_ewma = (
+                outcome.seconds
+                if self._batch_seconds_ewma is None
+                else 0.8 * self._batch_seconds_ewma + 0.2 * outcome.seconds
+            )
+        if all(e is not None for e in outcome.errors):
+            self._record_failure()
+        elif self.consecutive_failures:
+            if self.consecutive_failures >= self.failure_threshold:
+                log.info("batcher %s: model runs succeed again", self.name)
+            self.consecutive_failures = 0
+
+    def _record_failure(self) -> None:
+        self.consecutive_failures += 1
+        if self.consecutive_failures == self.failure_threshold:
+            log.error(
+                "batcher %s: %d model runs failed in a row: not ready until a run succeeds",
+                self.name,
+                self.consecutive_failures,
+            )
+            if self._probe is None or self._probe.done():
+                assert self._loop is not None
+                self._probe = self._loop.create_task(self._probe_until_healthy(), name=f"probe-{self.name}")
+
+    async def _probe_until_healthy(self) -> None:
+        """While unhealthy, try a one-row run now and then: traffic may have stopped (readiness is
+        false), so nothing else would ever show that the model works again."""
+        probe = np.full((1, 8), self._pad, dtype=np.int64)
+        ones = np.ones_like(probe)
+        assert self._loop is not None
+        while not self.healthy and not self._stopped:
+            await asyncio.sleep(self.probe_interval_s)
+            if self.healthy or self._stopped:
+                return
+            try:
+                await self._loop.run_in_executor(self._executor, self._run, probe, ones, np.zeros_like(probe))
+            except Exception as exc:
+                self._notify(self._observer.on_failure, "oom" if is_out_of_memory(exc) else "error")
+                continue
+            log.info("batcher %s: a probe run succeeded: ready again", self.name)
+            self.consecutive_failures = 0
 
     def _split(self, outputs: dict[str, np.ndarray], entries: list[_Entry]) -> list[RowOutputs]:
         rows, width = len(entries), max(e.length for e in entries)
@@ -541,18 +685,22 @@ class DynamicBatcher:
 
     # -- answering requests ------------------------------------------------------------------
 
-    def _deliver(self, entries: list[_Entry], results: list[RowOutputs]) -> None:
+    def _deliver(self, entries: list[_Entry], outcome: _Outcome) -> None:
         now = time.monotonic()
-        for entry, outputs in zip(entries, results, strict=True):
+        for entry, outputs, error in zip(entries, outcome.outputs, outcome.errors, strict=True):
             request = entry.request
             if request.closed:
+                continue
+            if error is not None or outputs is None:
+                # The detail is in the log; the client gets the error table's INTERNAL (with a request id).
+                self._fail(request, ServeError(ErrorKind.INTERNAL, "the model failed on this input"))
                 continue
             request.outputs[entry.index] = outputs
             request.unfinished -= 1
             if request.unfinished == 0:
                 self._close(request)
                 started = request.started if request.started is not None else now
-                if not request.future.done():
+                if request.future is not None and not request.future.done():
                     request.future.set_result(
                         SubmitResult(
                             outputs=request.outputs,  # type: ignore[arg-type]  # all filled now
@@ -562,12 +710,14 @@ class DynamicBatcher:
                     )
 
     def _close(self, request: _Request) -> int:
-        """Mark a request answered or abandoned; returns how many of its rows left the queue."""
+        """Mark a request answered or abandoned and take its rows off the queue; returns how many."""
         request.closed = True
         if request.timer is not None:
             request.timer.cancel()
             request.timer = None
-        dropped, request.queued = request.queued, 0
+        dropped = len(request.pending)
+        request.pending.clear()
+        self._waiting.pop(request, None)
         if dropped:
             self._set_depth(self._depth - dropped)
         return dropped
@@ -576,17 +726,17 @@ class DynamicBatcher:
         if request.closed:
             return
         self._close(request)
-        if not request.future.done():
+        if request.future is not None and not request.future.done():
             request.future.set_exception(error)
 
     def _expire(self, request: _Request) -> None:
         """Deadline reached: fail the request if some of its rows have not started yet."""
-        if request.closed or request.queued == 0:
+        if request.closed or not request.pending:
             return  # everything already runs: let it finish
         waited = time.monotonic() - request.submitted
-        dropped = self._close(request)
-        self._notify(self._observer.on_drop, "deadline", dropped)
-        if not request.future.done():
+        self._close(request)
+        self._notify(self._observer.on_drop, "deadline")
+        if request.future is not None and not request.future.done():
             request.future.set_exception(
                 ServeError(
                     ErrorKind.DEADLINE_EXCEEDED,
@@ -596,19 +746,36 @@ class DynamicBatcher:
         self._update_idle()
 
     def _fail_queued(self, error: ServeError) -> None:
-        for request in dict.fromkeys(e.request for e in self._queue):
+        for request in list(self._waiting):
             self._fail(request, error)
-        self._queue.clear()
         self._update_idle()
 
     def _on_loop_exit(self, task: asyncio.Task[None]) -> None:
         if self._stopped:
             return
+        error = None if task.cancelled() else task.exception()
+        now = time.monotonic()
+        if error is None:
+            # Cancelled from outside without stop(): the event loop is going away; nothing to restart.
+            self._died = True
+            self._accepting = False
+            self._fail_queued(ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} is not running"))
+            return
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW_S:
+            self._restarts.popleft()
+        if len(self._restarts) < MAX_RESTARTS:
+            self._restarts.append(now)
+            log.error("batcher %s: the batching loop ended unexpectedly (%r); restarting it", self.name, error)
+            self._notify(self._observer.on_restart)
+            # What was queued may be what broke it: those requests get an error (clients retry),
+            # the loop starts again on an empty queue. (The dead iteration gave its slot back.)
+            self._fail_queued(ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} restarted its batching loop", 1.0))
+            self._start_loop()
+            return
         self._died = True
         self._accepting = False
-        error = None if task.cancelled() else task.exception()
-        log.error("batcher %s: the batching loop ended unexpectedly: %r", self.name, error or "cancelled")
-        self._fail_queued(ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} is not running: {error!r}"))
+        log.error("batcher %s: the batching loop keeps failing (%r): the model is dead", self.name, error)
+        self._fail_queued(ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} is not running"))
 
     # -- bookkeeping -------------------------------------------------------------------------
 

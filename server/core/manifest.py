@@ -69,6 +69,8 @@ class Manifest(BaseModel):
     labels: list[str] = Field(default_factory=list)
     problem_type: str | None = None
     tokenizer: str = "tokenizer.json"
+    # Checked at load when present (exports since 0.3); older repositories have none.
+    tokenizer_sha256: str | None = None
     do_lower_case: bool = True
     num_heads: int | None = None
     hidden_size: int | None = None

@@ -1,17 +1,16 @@
-"""One onnxruntime session per loaded model: device and precision choice, integrity check,
-session options, warm-up, and a thread-safe `run` that the batcher calls from its executor.
+"""One onnxruntime session per loaded model: integrity check, session options, warm-up, and a
+thread-safe `run` that the batcher calls from its executor.
 
-GPU-only code (driver probe, provider options, IO binding) lives in `server.core.cuda`.
+Device and precision choice live in `server.core.device`; GPU-only code (driver probe, provider
+options, IO binding) in `server.core.cuda`.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import logging
 import os
 import queue
-import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,13 +21,13 @@ import numpy as np
 import onnxruntime as ort
 
 from server.core import cuda
-from server.core.manifest import INPUT_NAMES, PRECISIONS, Manifest, Precision
+from server.core.config import Device
+from server.core.device import select_device, select_precision
+from server.core.errors import ModelLoadError
+from server.core.manifest import INPUT_NAMES, Manifest, Precision
 
 log = logging.getLogger(__name__)
 
-Device = Literal["cpu", "cuda"]
-DeviceChoice = Literal["auto", "cpu", "cuda"]
-PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 
 _GRAPH_OPTIMIZATION = {
@@ -38,105 +37,10 @@ _GRAPH_OPTIMIZATION = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
 
-# What `auto` prefers, best first, among the variants a manifest has.
-_AUTO_PRECISION: dict[Device, tuple[Precision, ...]] = {"cuda": ("fp16", "fp32"), "cpu": ("fp32",)}
-
-
-class ModelLoadError(RuntimeError):
-    """A model cannot be loaded as asked (device, precision, file, integrity, provider)."""
-
-
-def select_device(device: str) -> Device:
-    """`auto` -> CUDA when onnxruntime-gpu has its CUDA provider and the driver sees a GPU, else CPU."""
-    if device == "cpu":
-        return "cpu"
-    if device not in ("auto", "cuda"):
-        raise ModelLoadError(f"unknown device {device!r}: expected auto, cpu or cuda")
-    usable, reason = cuda.cuda_usable()
-    if usable:
-        return "cuda"
-    if device == "cuda":
-        raise ModelLoadError(f"--device cuda was asked for but CUDA is not usable: {reason}")
-    log.info("device auto -> cpu (%s)", reason)
-    return "cpu"
-
-
-def select_precision(precision: str, device: Device, manifest: Manifest) -> Precision:
-    """`auto` -> fp16 on CUDA (fp32 when the export has no fp16), fp32 on CPU."""
-    available = [p for p in PRECISIONS if p in manifest.variants]
-    if precision == "auto":
-        for candidate in _AUTO_PRECISION[device]:
-            if candidate in manifest.variants:
-                return candidate
-        raise ModelLoadError(
-            f"model {manifest.name!r} has no variant usable on {device} by default "
-            f"(it has: {', '.join(available) or 'none'}); pass --precision explicitly"
-        )
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"unknown precision {precision!r}: expected auto, {', '.join(PRECISIONS)}")
-    if precision not in manifest.variants:
-        raise ModelLoadError(
-            f"model {manifest.name!r} has no {precision} variant (it has: {', '.join(available) or 'none'}); "
-            f"re-export with --precision {precision} or choose one of those"
-        )
-    if precision == "int8" and device == "cuda":
-        log.warning(
-            "model %s: int8 variants are dynamically quantized for CPU; on CUDA some nodes fall "
-            "back to the CPU and it is usually slower than fp16",
-            manifest.name,
-        )
-    if precision == "fp16" and device == "cpu":
-        log.warning("model %s: fp16 on CPU runs mostly through casts and is usually slower than fp32", manifest.name)
-    return precision  # type: ignore[return-value]
-
-
 # onnxruntime's CPU SkipLayerNormalization kernel is ~5x slower than the residual Add +
 # LayerNormalization it fuses (see export/optimize.py for the measurements); CPU sessions keep
 # them apart, as the export's CPU variants ship them.
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
-
-
-def limit_heap_retention(mmap_threshold: int = 4 << 20, trim_threshold: int = 16 << 20, arenas: int = 2) -> bool:
-    """Bound what glibc keeps of freed model activations, without faulting them in anew every run
-    (Linux only; True when applied).
-
-    With onnxruntime's arena off, each run mallocs its activations and frees them. glibc raises
-    its mmap threshold after every large free (up to 32 MB), so later activations land in
-    per-thread heaps that are never given back: with four demo models the server grew from 350
-    to 750 MB after a burst of long batches. Fixed thresholds bound that: buffers from 4 MB up go
-    to mmap (returned on free), the heaps keep at most 16 MB free at their top, and two arenas
-    bound what the smaller allocations can strand. Lower settings cost speed: at a 1 MB mmap
-    threshold and glibc's 128 KB trim threshold every run faulted fresh zeroed pages in
-    (80-95k page faults a second at 2 cores), and the model ran 1.1-1.4x slower (demo
-    classifier, server-like batches, 3 alternating rounds; 4 MB / 16 MB: under 1k faults a
-    second, +20 MB of RSS).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (musl): nothing to tune
-        return False
-    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8  # <malloc.h>
-    return (
-        bool(libc.mallopt(m_mmap_threshold, mmap_threshold))
-        and bool(libc.mallopt(m_trim_threshold, trim_threshold))
-        and bool(libc.mallopt(m_arena_max, arenas))
-    )
-
-
-def release_free_heap() -> bool:
-    """Give the heaps' free pages back to the system (glibc `malloc_trim`; True when some were).
-
-    The thresholds above keep freed activations for reuse while requests flow; once the server is
-    idle this returns them (after the long-context QA bursts of the benchmark: ~120 MB)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.malloc_trim(0))
 
 
 def sha256_of(path: Path) -> str:
@@ -307,7 +211,10 @@ class OnnxModelRuntime:
             raise ModelLoadError(f"manifest of {self.manifest.name!r} names a file outside its directory: {name}")
         if not path.is_file():
             raise ModelLoadError(f"model {self.manifest.name!r}: {self.precision} {what} {path} is missing")
-        if self.options.verify_sha256 and sha256:
+        if self.options.verify_sha256:
+            if not sha256:
+                # An empty digest must not turn verification off for that file.
+                raise ModelLoadError(f"model {self.manifest.name!r}: the manifest gives no sha256 for {name}")
             actual = sha256_of(path)
             if actual != sha256.lower():
                 raise ModelLoadError(
@@ -414,6 +321,8 @@ class OnnxModelRuntime:
 
         if self._binder is not None:
             return self._binder.run(feeds)
+        if not self._sessions:
+            raise RuntimeError(f"model {self.manifest.name!r} was unloaded")
         session = self._pool.get()
         try:
             values = session.run(list(self.output_names), feeds)
@@ -422,6 +331,14 @@ class OnnxModelRuntime:
         return {
             name: np.asarray(value, dtype=np.float32) for name, value in zip(self.output_names, values, strict=True)
         }
+
+    def close(self) -> None:
+        """Release the sessions (and with them the weights, the arena and any GPU buffers); the
+        runtime must not run afterwards. Called once the model's batcher has stopped."""
+        self._binder = None
+        self._sessions.clear()
+        while not self._pool.empty():
+            self._pool.get_nowait()
 
     def warmup(self, buckets: Iterable[tuple[int, int]]) -> float:
         """Run each (batch, seq) shape once on every session; returns the seconds it took."""

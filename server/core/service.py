@@ -1,255 +1,157 @@
-"""The one entry point both APIs call: `service.run(task, model, inputs, parameters, ...)`.
+"""The request path, protocol-free. Every front end does the same two things:
 
-Protocol-free: it knows models, tasks, the batcher and the runtime, never HTTP or gRPC.
+    with service.track("rest", request_id) as call:      # in-flight count, outcome, stats, log
+        call.deadline = service.deadline_in(timeout_s)   # the client's deadline, capped
+        result = await service.infer(call, TaskRequest(...))
+
+`track` counts every outcome once, whatever protocol asked, and turns an unexpected exception into
+an INTERNAL error that carries the request id (the detail goes to the log, not to the client).
+`infer` resolves the model version (and holds it until the answer is built), checks the
+parameters, tokenizes (on the event loop when short, else on a tokenizer thread), submits the
+rows to the version's batcher, and decodes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from server.core.batcher import DynamicBatcher
-from server.core.errors import ErrorKind, ServeError
-from server.core.manifest import Manifest, list_models
+from server.core.config import CoreConfig
+from server.core.errors import OK_CODE, ErrorKind, ServeError, internal_error, invalid, too_large
+from server.core.heap import release_free_heap
+from server.core.manifest import Manifest
+from server.core.model import ModelVersion
+from server.core.observer import NullObserver, ServiceObserver
+from server.core.registry import ModelRegistry
 from server.core.rows import RowOutputs
-from server.core.runtime import (
-    OnnxModelRuntime,
-    RuntimeOptions,
-    limit_heap_retention,
-    release_free_heap,
-    select_device,
-    select_precision,
-    warmup_buckets,
-)
-from server.core.tasks import TASKS, TaskHandler
-from server.core.tasks.base import Encoded
-from server.core.tokenizer import TokenizerPool
-from server.metrics import Metrics
-from server.settings import Settings
+from server.core.stats import ModelStats
+from server.core.tasks.base import Encoded, TaskHandler
+from server.core.timings import Timings
 
 log = logging.getLogger("electra.service")
+request_log = logging.getLogger("electra.request")
 
 # A task's decode: (encoded item, its row outputs, params, manifest) -> result.
 DecodeFn = Callable[[Encoded, list[RowOutputs], Any, Manifest], Any]
 
-
-# The batch-growth limit per device (see DynamicBatcher). CPU: a padded token costs a real
-# one and batching gains little, so batches stay close in length. CUDA: batch size pays.
-MAX_PADDING_RATIO: dict[str, float | None] = {"cpu": 0.1, "cuda": None}
-
-# CPU defaults for the batch limits a user did not set (the Settings defaults suit a GPU).
-# Measured on the demo classifier (2 cores, length-sorted batches): CPU time per row is lowest
-# at 3-6 rows (9.2 ms vs 11.3 at 1 row) and rises past 8 (12.1 ms at 16): bigger batches fall
-# out of the caches. A 2,048-token budget also bounds the activations of long rows. Long rows
-# batch badly on a CPU: one thread, demo models, CPU time per row of 384 tokens is 84 ms alone
-# and 115 ms in batches of 2 or 4, of 256 tokens 53 ms alone or in 2s and 73 ms in 4s, while rows
-# of 128 tokens get cheaper up to 8 (35 -> 25 ms): what grows is rows x length^2, each head's
-# attention scores, hence a limit on that (160,000: one 384-token window, 2 x 256, 8 x 128).
-CPU_BATCH_DEFAULTS = {"max_batch_size": 8, "max_batch_tokens": 2048, "max_batch_attention": 160_000}
-
-
-class BatchLimits(NamedTuple):
-    max_batch_size: int
-    max_batch_tokens: int
-    max_batch_attention: int | None  # None: no limit
-
-
-def batch_limits(settings: Settings, device: str) -> BatchLimits:
-    """The batcher's limits: what the user set, else the device's default."""
-    limits = {name: getattr(settings, name) for name in BatchLimits._fields}
-    if device == "cpu":
-        limits.update({k: v for k, v in CPU_BATCH_DEFAULTS.items() if k not in settings.model_fields_set})
-    return BatchLimits(limits["max_batch_size"], limits["max_batch_tokens"], limits["max_batch_attention"] or None)
-
-
-def _text_chars(items: list[Any], limit: int) -> int:
-    """Characters of text in a request's parsed items (texts, or tuples of texts: pairs and QA),
-    counted until past `limit`."""
-    total = 0
-    for item in items:
-        parts = item if isinstance(item, tuple) else (item,)
-        total += sum(len(part) for part in parts if isinstance(part, str))
-        if total > limit:
-            break
-    return total
-
-
 # Seconds without a request in flight before the CPU server gives freed heap pages back.
 IDLE_TRIM_S = 1.0
+_ID_PREFIX = os.urandom(3).hex()
+_ids = iter(range(1, 1 << 62))
 
 
-def padding_limit(settings: Settings, device: str) -> float | None:
-    """The batcher's max_padding_ratio: what the user set (1 = none), else the device's default."""
-    if settings.max_padding_ratio is None:
-        return MAX_PADDING_RATIO[device]
-    return None if settings.max_padding_ratio >= 1 else settings.max_padding_ratio
-
-
-def runtime_options(settings: Settings, device: str) -> RuntimeOptions:
-    """How the server creates each model's runtime (the offline benchmark uses the same).
-
-    CPU: one session per model, shared by the in-flight batches (each run single-threaded on its
-    own executor thread): the weights are held once. No memory arena: the arena keeps its peak
-    (a batch of long rows) for good, per model, while freed buffers go back to the system.
-    """
-    inflight = settings.inflight_batches(device)
-    return RuntimeOptions(
-        intra_op_threads=settings.intra_op_threads,
-        cpu_sessions=1,
-        runs_per_session=inflight if device == "cpu" else 1,
-        enable_cpu_mem_arena=device != "cpu",
-        tensorrt=settings.tensorrt,
-        max_batch_size=settings.max_batch_size,
-    )
+def new_request_id() -> str:
+    """Unique within the host and cheap: a per-process random prefix and a counter."""
+    return f"{_ID_PREFIX}{os.getpid():x}-{next(_ids):x}"
 
 
 @dataclass(slots=True)
-class Timings:
-    tokenization_s: float = 0.0
-    queue_s: float = 0.0
-    inference_s: float = 0.0
-    total_s: float = 0.0
+class TaskRequest:
+    """One request to a task. Typed front ends (typed gRPC, KServe v2) give `items` and the
+    parameters they set (`given`); REST gives its JSON `inputs` and `parameters`, converted by the
+    task once the model (and so the task) is known."""
+
+    task: str | None
+    model: str | None
+    version: str | None = None
+    items: list[Any] | None = None
+    given: Mapping[str, Any] | None = None
+    inputs: Any = None
+    parameters: Any = None
+    decode: DecodeFn | None = None  # replaces the task's decode (KServe v2 also returns LOGITS)
 
 
 @dataclass(slots=True)
 class Result:
-    value: Any
+    values: list[Any]  # one list-shaped result per item
     model: str
-    task: str
-    timings: Timings = field(default_factory=Timings)
-    items: int = 1  # inputs in the request (a list of n, or one)
-
-
-@dataclass
-class LoadedModel:
-    manifest: Manifest
-    path: Path
+    version: str
     task: TaskHandler
-    tokenizers: TokenizerPool
-    runtime: OnnxModelRuntime
-    batcher: DynamicBatcher
+    timings: Timings
+    is_list: bool = True  # REST: whether `inputs` was a list (else the answer is values[0])
 
-    @property
-    def name(self) -> str:
-        return self.manifest.name
+    def pipeline_json(self) -> Any:
+        """What the Hugging Face pipeline (and so REST) answers."""
+        shaped = [self.task.pipeline_json(v) for v in self.values]
+        return shaped if self.is_list else shaped[0]
 
-    def describe(self) -> dict[str, Any]:
-        variant = self.manifest.variants[self.runtime.precision]
-        return {
-            "name": self.name,
-            "task": self.manifest.task,
-            "labels": self.manifest.labels,
-            "precision": self.runtime.precision,
-            "device": self.runtime.device,
-            "providers": self.runtime.providers,
-            "max_seq_len": self.manifest.max_seq_len,
-            "problem_type": self.manifest.problem_type,
-            "parity": variant.parity.model_dump(),
-            "source": self.manifest.source.model_dump(),
-            "ready": self.batcher.healthy,
-        }
+
+@dataclass(slots=True)
+class Call:
+    """One request as the service accounts for it; front ends set `deadline`."""
+
+    protocol: str
+    request_id: str
+    started: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None  # time.monotonic()
+    model: str = "unknown"
+    version: str = ""
+    task: str = "unknown"
+    items: int = 0
+    rows: int = 0
+    code: str = OK_CODE
+    timings: Timings | None = None
+    error: str = ""
 
 
 class InferenceService:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        self.settings = settings
-        self.metrics = metrics or Metrics()
-        self.models: dict[str, LoadedModel] = {}
-        self.loaded = False
+    def __init__(self, config: CoreConfig, registry: ModelRegistry, observer: ServiceObserver | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.observer: ServiceObserver = observer or NullObserver()
+        self.stats = ModelStats(self._executions)
+        self.loaded = False  # start-up loading finished
         self.draining = False
         self.load_error: str | None = None
-        self._tokenize_pool = ThreadPoolExecutor(settings.tokenizer_threads, thread_name_prefix="tokenize")
+        self._tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
+        self._tokenize_backlog = 0
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        # CPU: once no request has been in flight for IDLE_TRIM_S, freed heap pages go back to the system.
-        self._trim_heap = False
         self._trim_timer: asyncio.TimerHandle | None = None
+
+    def _executions(self, model: str, version: str) -> int:
+        slot = self.registry.slots.get(model)
+        loaded = slot.loaded.get(version) if slot else None
+        return loaded.batcher.executions if loaded else 0
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    async def load(self, repository: Path) -> None:
-        """Load, warm up and start every model; readiness follows only after all of them.
+    async def start(self, names: list[str] | None = None) -> None:
+        """Load, warm up and start the start-up models; readiness follows only after all of them.
 
-        A drain that starts meanwhile (SIGTERM while starting) stops the loading at the next model:
-        the loading thread cannot be interrupted, and the process could not exit before it ends.
-        """
+        A drain that starts meanwhile (SIGTERM while starting) stops the loading at the next model."""
         try:
-            await asyncio.to_thread(self._load_all, Path(repository))
+            await self.registry.load_all(names)
             if self.draining:
                 log.info("loading stopped: the server is shutting down")
                 return
             await asyncio.to_thread(self._warm_tokenizers)
-            for model in self.models.values():
-                model.batcher.start()
-                self.metrics.model_ready.labels(model.name).set(1)
             self.loaded = True
         except Exception as exc:
             self.load_error = str(exc)
             log.error("loading models failed: %s", exc)
             raise
 
-    def _load_all(self, repository: Path) -> None:
-        available = {p.name: p for p in list_models(repository)}
-        wanted = self.settings.model_names() or sorted(available)
-        missing = [name for name in wanted if name not in available]
-        if missing:
-            raise ServeError(ErrorKind.NOT_FOUND, f"models not in {repository}: {', '.join(missing)}")
-        if not wanted:
-            raise ServeError(ErrorKind.NOT_FOUND, f"no models in {repository}")
-        device = select_device(self.settings.device)
-        inflight = self.settings.inflight_batches(device)
-        options = runtime_options(self.settings, device)
-        if not options.enable_cpu_mem_arena:
-            self._trim_heap = limit_heap_retention()
-        max_batch_size, max_batch_tokens, max_batch_attention = batch_limits(self.settings, device)
-        tokenizer_pools: dict[str, TokenizerPool] = {}
-        for name in wanted:
-            if self.draining:
-                return
-            path = available[name]
-            manifest = Manifest.read(path)
-            precision = select_precision(self.settings.precision, device, manifest)
-            runtime = OnnxModelRuntime(path, manifest, device, precision, options)
-            runtime.warmup(warmup_buckets(device, max_batch_size, manifest.max_seq_len, max_batch_tokens))
-            # Models exported from one base share its tokenizer: one pool (and one copy per
-            # tokenizing thread) serves them all.
-            tokenizer_json = (path / manifest.tokenizer).read_text(encoding="utf-8")
-            tokenizers = tokenizer_pools.setdefault(tokenizer_json, TokenizerPool(tokenizer_json))
-            batcher = DynamicBatcher(
-                runtime.run,
-                pad_token_id=tokenizers.pad_token_id,
-                max_batch_size=max_batch_size,
-                max_batch_tokens=max_batch_tokens,
-                max_batch_attention=max_batch_attention,
-                max_queue_delay_ms=self.settings.max_queue_delay_ms,
-                max_queue_size=self.settings.max_queue_size,
-                max_inflight_batches=inflight,
-                max_padding_ratio=padding_limit(self.settings, device),
-                sequence_outputs=runtime.sequence_outputs,
-                observer=self.metrics.observer(name),
-                name=name,
-            )
-            self.models[name] = LoadedModel(manifest, path, TASKS[manifest.task], tokenizers, runtime, batcher)
-            log.info("model %s ready: %s, %s on %s", name, manifest.task, precision, device)
-
     def _warm_tokenizers(self) -> None:
         """Give every tokenizer thread its own copy of every model's tokenizer before the first request
         (parsing a 30k-entry tokenizer.json costs tens of milliseconds)."""
-        threads = self.settings.tokenizer_threads
+        threads = self.config.tokenizer_threads
         # The barrier holds each task on its thread until all have started: one task per thread.
         barrier = threading.Barrier(threads)
+        pools = list({id(v.tokenizers): v.tokenizers for v in self.registry.versions()}.values())
 
         def warm() -> None:
-            for model in self.models.values():
-                model.tokenizers.get()
+            for pool in pools:
+                pool.get()
             barrier.wait(timeout=60)
 
         for future in [self._tokenize_pool.submit(warm) for _ in range(threads)]:
@@ -257,47 +159,115 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining and all(m.batcher.healthy for m in self.models.values())
+        return self.loaded and not self.draining and self.registry.all_ready
 
-    def model_ready(self, name: str) -> bool:
-        model = self.models.get(name)
-        return bool(model and self.loaded and not self.draining and model.batcher.healthy)
+    @property
+    def live(self) -> bool:
+        """False once a model's batching loop died for good: only a restart helps then."""
+        return all(v.batcher.alive for v in self.registry.versions())
+
+    def not_ready_reason(self) -> str:
+        """Why readiness is false, without paths or internals (those are in the log)."""
+        if self.draining:
+            return "draining"
+        if self.load_error is not None:
+            return "loading the models failed (see the server log)"
+        if not self.loaded:
+            return "loading"
+        failing = [v.name for v in self.registry.serving() if not v.ready] or [
+            name for name, slot in self.registry.slots.items() if slot.loaded and not slot.ready
+        ]
+        if failing:
+            return f"model(s) not ready: {', '.join(sorted(set(failing)))}"
+        return "no model is loaded"
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.loaded and not self.draining and self.registry.model_ready(name, version)
 
     async def drain(self, timeout_s: float) -> None:
-        """Refuse new work, answer every accepted request, then stop the batchers."""
+        """Refuse new work, answer every accepted request, then stop the batchers (one budget in all)."""
         self.draining = True
-        # One budget for the whole drain: the pod's grace period is sized on it.
         deadline = time.monotonic() + timeout_s
-        for model in self.models.values():
-            self.metrics.model_ready.labels(model.name).set(0)
+        for version in self.registry.versions():
+            self.observer.model_ready(version.name, False)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             log.warning("drain timeout: %d requests still running", self._inflight)
-        for model in self.models.values():
-            await model.batcher.stop(drain_timeout_s=max(0.1, deadline - time.monotonic()))
+        await self.registry.stop(max(0.1, deadline - time.monotonic()))
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
-    # -- requests -------------------------------------------------------------------------------
+    # -- the request wrapper ------------------------------------------------------------------
 
-    def resolve(self, task: str | None, model: str | None) -> LoadedModel:
-        """The model a request names, or the only loaded model of its task."""
-        if model is not None:
-            if not isinstance(model, str):
-                raise ServeError(ErrorKind.BAD_REQUEST, "model must be a string")
-            found = self.models.get(model)
-            if found is None:
-                raise ServeError(ErrorKind.NOT_FOUND, f"model '{model}' is not loaded")
-            if task is not None and found.manifest.task != task:
-                raise ServeError(ErrorKind.BAD_REQUEST, f"model '{model}' serves {found.manifest.task}, not {task}")
-            return found
-        candidates = [m for m in self.models.values() if m.manifest.task == task]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            raise ServeError(ErrorKind.NOT_FOUND, f"no loaded model serves {task}")
-        names = ", ".join(sorted(m.name for m in candidates))
-        raise ServeError(ErrorKind.BAD_REQUEST, f"several models serve {task} ({names}): name one with 'model'")
+    @contextlib.contextmanager
+    def track(self, protocol: str, request_id: str | None = None) -> Iterator[Call]:
+        """Account for one request, whatever its outcome: in-flight gauge, `electra_requests_total`
+        and its duration, Triton statistics, one log line. Unexpected exceptions leave as an
+        INTERNAL ServeError naming the request id."""
+        call = Call(protocol, request_id or new_request_id())
+        self.observer.inflight(protocol, 1)
+        try:
+            yield call
+        except ServeError as error:
+            call.code, call.error = error.kind.code_label, error.message
+            if error.kind is ErrorKind.INTERNAL:
+                # The detail is logged (and counted); the client gets the request id to find it by.
+                log.error("request %s failed: %s", call.request_id, error.message, exc_info=error.__cause__)
+                raise internal_error(call.request_id) from error
+            raise
+        except asyncio.CancelledError:
+            # grpc.aio cancels a handler both when its client cancels and when its deadline passes.
+            expired = call.deadline is not None and time.monotonic() >= call.deadline
+            call.code = (ErrorKind.DEADLINE_EXCEEDED if expired else ErrorKind.CANCELLED).code_label
+            raise
+        except Exception as exc:
+            call.code, call.error = ErrorKind.INTERNAL.code_label, f"{type(exc).__name__}: {exc}"
+            log.error("request %s failed unexpectedly", call.request_id, exc_info=exc)
+            raise internal_error(call.request_id) from exc
+        finally:
+            self._finish(call)
+
+    def _finish(self, call: Call) -> None:
+        seconds = time.perf_counter() - call.started
+        self.observer.inflight(call.protocol, -1)
+        self.observer.request(call.model, call.task, call.protocol, call.code, seconds)
+        if call.version:
+            if call.code == OK_CODE and call.timings is not None:
+                self.stats.record_success(call.model, call.version, call.items, call.timings)
+            else:
+                self.stats.record_failure(call.model, call.version, seconds)
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info(
+                "%s %s %s:%s %s %.1fms",
+                call.request_id,
+                call.protocol,
+                call.model,
+                call.version,
+                call.code,
+                seconds * 1000,
+                extra={
+                    "request": {
+                        "request_id": call.request_id,
+                        "protocol": call.protocol,
+                        "model": call.model,
+                        "version": call.version,
+                        "task": call.task,
+                        "code": call.code,
+                        "items": call.items,
+                        "rows": call.rows,
+                        "duration_ms": round(seconds * 1000, 3),
+                        **({"error": call.error} if call.error else {}),
+                    }
+                },
+            )
+
+    def deadline_in(self, timeout_s: float | None) -> float:
+        """The monotonic deadline of a request that asks for `timeout_s` (None: the default), never
+        later than --request-timeout-s from now."""
+        limit = self.config.request_timeout_s
+        return time.monotonic() + (limit if timeout_s is None else min(timeout_s, limit))
+
+    # -- requests -------------------------------------------------------------------------------
 
     def _admit(self) -> None:
         if self.draining:
@@ -305,87 +275,72 @@ class InferenceService:
         if not self.loaded:
             raise ServeError(ErrorKind.UNAVAILABLE, "models are still loading", retry_after_s=1.0)
 
-    async def run(
-        self,
-        task: str | None,
-        model: str | None,
-        inputs: Any,
-        parameters: dict[str, Any] | None = None,
-        deadline: float | None = None,
-    ) -> Result:
+    def check_size(self, n_items: int) -> None:
+        limit = self.config.max_inputs_per_request
+        if n_items > limit:
+            raise too_large(f"{n_items} inputs in one request; at most {limit} are allowed")
+
+    async def infer(self, call: Call, request: TaskRequest) -> Result:
         """Validate, tokenize, batch, run and decode one request. Raises ServeError."""
         self._admit()
-        loaded = self.resolve(task, model)
-        try:
-            items, params, is_list = loaded.task.parse(inputs, parameters, loaded.manifest)
-            values, timings = await self._infer(loaded, items, params, deadline)
-        except ServeError as error:
-            error.model = loaded.name
-            raise
-        return Result(values if is_list else values[0], loaded.name, loaded.manifest.task, timings, len(values))
-
-    async def run_items(
-        self, model: str, items: list[Any], deadline: float | None = None, decode: DecodeFn | None = None
-    ) -> tuple[LoadedModel, list[Any], Timings]:
-        """Already-parsed items with the task's default parameters (KServe v2 tensors carry none).
-
-        decode: replaces the task's decode for each item (same arguments); the KServe v2 front end
-        uses it to return raw logits beside the decoded result.
-        """
-        self._admit()
-        loaded = self.resolve(None, model)
-        params = loaded.task.default_params(loaded.manifest)
-        values, timings = await self._infer(loaded, items, params, deadline, decode)
-        return loaded, values, timings
-
-    def check_size(self, n_items: int) -> None:
-        if n_items > self.settings.max_inputs_per_request:
-            raise ServeError(
-                ErrorKind.TOO_LARGE,
-                f"{n_items} inputs in one request; at most {self.settings.max_inputs_per_request} are allowed",
-            )
-
-    async def _infer(
-        self, loaded: LoadedModel, items: list[Any], params: Any, deadline: float | None, decode: DecodeFn | None = None
-    ) -> tuple[list[Any], Timings]:
+        version = self.registry.resolve(request.task, request.model, request.version)
+        call.model, call.version, call.task = version.name, version.version, version.manifest.task
+        task = version.task
+        is_list = True
+        if request.items is not None:
+            items = request.items
+            given = task.parameters.check(request.given or {})
+        else:
+            items, is_list = task.items_from_json(request.inputs)
+            given = task.parameters.from_json(request.parameters)
+        if not items:
+            raise invalid("inputs must not be an empty list")
+        call.items = len(items)
         self.check_size(len(items))
+        params = task.resolve(given, version.manifest)
+        if call.deadline is None:
+            call.deadline = self.deadline_in(None)
+        version.acquire()
+        try:
+            values, timings = await self._run(version, items, params, call, request.decode)
+        finally:
+            version.release()
+        call.timings = timings
+        return Result(values, version.name, version.version, task, timings, is_list)
+
+    async def _run(
+        self, version: ModelVersion, items: list[Any], params: Any, call: Call, decode: DecodeFn | None
+    ) -> tuple[list[Any], Timings]:
         started = time.perf_counter()
-        if deadline is None:
-            deadline = time.monotonic() + self.settings.request_timeout_s
+        batcher = version.batcher
+        # A full queue refuses before any tokenizing: the work would be thrown away.
+        batcher.check_capacity()
         self._inflight += 1
         self._idle.clear()
         try:
-            if _text_chars(items, self.settings.inline_tokenize_chars) <= self.settings.inline_tokenize_chars:
-                encoded = self._encode(loaded, items, params)
+            max_rows = min(self.config.max_windows_per_request, batcher.policy.request_rows_limit)
+            if _text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
+                encoded = _encode(version, items, params, max_rows)
             else:
-                loop = asyncio.get_running_loop()
-                encoded = await loop.run_in_executor(self._tokenize_pool, self._encode, loaded, items, params)
+                encoded = await self._off_loop(_encode, version, items, params, max_rows)
             tokenized = time.perf_counter()
             rows = [row for item in encoded for row in item.rows]
-            if len(rows) > self.settings.max_queue_size:
-                raise ServeError(
-                    ErrorKind.TOO_LARGE,
-                    f"this request needs {len(rows)} model rows; "
-                    f"the queue holds at most {self.settings.max_queue_size}",
+            call.rows = len(rows)
+            submitted = await batcher.submit(rows, call.deadline)
+            decode_item = decode or version.task.decode
+            if len(rows) <= self.config.inline_decode_rows:
+                values = _decode_all(decode_item, encoded, submitted.outputs, params, version.manifest)
+            else:
+                values = await self._off_loop(
+                    _decode_all, decode_item, encoded, submitted.outputs, params, version.manifest
                 )
-            submitted = await loaded.batcher.submit(rows, deadline)
-            decode_item = decode or loaded.task.decode
-            outputs = submitted.outputs
-            values = []
-            offset = 0
-            for item in encoded:
-                n = len(item.rows)
-                values.append(decode_item(item, outputs[offset : offset + n], params, loaded.manifest))
-                offset += n
-            finished = time.perf_counter()
             timings = Timings(
                 tokenization_s=tokenized - started,
                 queue_s=submitted.queue_seconds,
                 inference_s=submitted.inference_seconds,
-                total_s=finished - started,
+                total_s=time.perf_counter() - started,
             )
-            self.metrics.labelled(self.metrics.tokenization_duration, loaded.name).observe(timings.tokenization_s)
-            self.metrics.labelled(self.metrics.queue_duration, loaded.name).observe(timings.queue_s)
+            self.observer.stages(version.name, timings.tokenization_s, timings.queue_s)
             return values, timings
         finally:
             self._inflight -= 1
@@ -393,8 +348,23 @@ class InferenceService:
                 self._idle.set()
                 self._schedule_trim()
 
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn on a tokenizer thread; a backlog past its bound is refused (429), not queued for ever."""
+        limit = self.config.tokenize_backlog
+        if self._tokenize_backlog >= limit:
+            raise ServeError(
+                ErrorKind.OVERLOADED,
+                f"the server is overloaded: {self._tokenize_backlog} requests wait for a tokenizer thread",
+                retry_after_s=1.0,
+            )
+        self._tokenize_backlog += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._tokenize_pool, fn, *args)
+        finally:
+            self._tokenize_backlog -= 1
+
     def _schedule_trim(self) -> None:
-        if not self._trim_heap:
+        if not self.registry.loader.heap_tuned:
             return
         if self._trim_timer is not None:
             self._trim_timer.cancel()
@@ -406,6 +376,30 @@ class InferenceService:
             # malloc_trim walks the heaps (milliseconds): off the event loop.
             self._tokenize_pool.submit(release_free_heap)
 
-    @staticmethod
-    def _encode(loaded: LoadedModel, items: list[Any], params: Any) -> list[Any]:
-        return loaded.task.encode(loaded.tokenizers.get(), items, params, loaded.manifest)
+
+def _text_chars(items: list[Any], limit: int) -> int:
+    """Characters of text in a request's items (texts, or tuples of texts: pairs and QA), counted
+    until past `limit`."""
+    total = 0
+    for item in items:
+        parts = item if isinstance(item, tuple) else (item,)
+        total += sum(len(part) for part in parts if isinstance(part, str))
+        if total > limit:
+            break
+    return total
+
+
+def _encode(version: ModelVersion, items: list[Any], params: Any, max_rows: int) -> list[Encoded]:
+    return version.task.encode(version.tokenizers.get(), items, params, version.manifest, max_rows)
+
+
+def _decode_all(
+    decode: DecodeFn, encoded: list[Encoded], outputs: list[RowOutputs], params: Any, manifest: Manifest
+) -> list[Any]:
+    values = []
+    offset = 0
+    for item in encoded:
+        n = len(item.rows)
+        values.append(decode(item, outputs[offset : offset + n], params, manifest))
+        offset += n
+    return values

@@ -293,7 +293,7 @@ def wait_for_metric(server: ServerProcess, name: str, above: float, **labels: st
 
 
 def test_deadline_exceeded_on_a_long_input(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
-    counted = {"model": "qa-short", "protocol": "grpc", "code": "DEADLINE_EXCEEDED"}
+    counted = {"model": "qa-short", "protocol": "grpc", "code": "504"}  # the HTTP status, on every protocol
     before = metric(server, "electra_requests_total", **counted)
     request = pb.AnswerQuestionRequest(
         model="qa-short", inputs=[pb.QaInput(question="Which experiment ran longest?", context=LONG_CONTEXT)]
@@ -355,7 +355,7 @@ def test_cancelled_requests_never_reach_the_model(server: ServerProcess, stub: p
 
 
 def test_requests_are_counted_with_protocol_grpc(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
-    labels = {"model": "disc-short", "task": "discriminate", "protocol": "grpc", "code": "OK"}
+    labels = {"model": "disc-short", "task": "discriminate", "protocol": "grpc", "code": "200"}
     before = metric(server, "electra_requests_total", **labels)
     stub.Discriminate(pb.DiscriminateRequest(model="disc-short", inputs=["counted"]), timeout=30)
     assert metric(server, "electra_requests_total", **labels) == before + 1

@@ -9,11 +9,15 @@ from typing import Any
 import httpx
 import pytest
 
-from server.api.http_common import until_disconnect
-from server.app import build_asgi
+from server.api.hot_path import HotPathDispatcher
+from server.api.http_common import HttpLimits, until_disconnect
+from server.app import build_app, build_asgi
+from server.assembly import Assembly, assemble
 from server.core.errors import ErrorKind, ServeError
 from server.core.service import InferenceService
 from server.settings import Settings
+
+LIMITS = HttpLimits(max_request_bytes=64 * 1024, body_timeout_s=5)
 
 
 class SpyApp:
@@ -29,13 +33,18 @@ class SpyApp:
 
 
 @pytest.fixture
-def service() -> InferenceService:
-    return InferenceService(Settings())
+def parts(tmp_path: Any) -> Assembly:
+    return assemble(Settings(device="cpu"), tmp_path)  # an empty repository: nothing loads
 
 
 @pytest.fixture
-def dispatcher(service: InferenceService) -> Any:
-    asgi = build_asgi(service)
+def service(parts: Assembly) -> InferenceService:
+    return parts.service
+
+
+@pytest.fixture
+def dispatcher(parts: Assembly) -> Any:
+    asgi = build_asgi(parts.service, LIMITS, lambda: (parts.metrics.exposition(), parts.metrics.content_type))
     asgi.app = SpyApp(asgi.app)
     return asgi
 
@@ -84,22 +93,53 @@ async def test_errors_keep_their_shape_on_the_hot_path(dispatcher: Any, service:
     service.loaded = True
     async with client(dispatcher) as http:
         bad_json = await http.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
-        too_big = await http.post("/v1/classify", content=b"x" * (service.settings.max_request_bytes + 1))
+        too_big = await http.post("/v1/classify", content=b"x" * (LIMITS.max_request_bytes + 1))
+        wrong_type = await http.post("/v1/classify", content=b'{"inputs": "x"}', headers={"content-type": "text/plain"})
     assert bad_json.status_code == 400 and bad_json.json()["error"].startswith("request body is not valid JSON")
     assert too_big.status_code == 413 and "exceeds" in too_big.json()["error"]
+    # A browser may POST text/plain across origins without a preflight: refused.
+    assert wrong_type.status_code == 415 and "application/json" in wrong_type.json()["error"]
 
 
-async def test_an_unexpected_error_is_a_json_500(
-    dispatcher: Any, service: InferenceService, monkeypatch: pytest.MonkeyPatch
+async def test_an_unexpected_error_is_a_counted_json_500_with_the_request_id(
+    dispatcher: Any, parts: Assembly, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def broken(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("boom")
+        raise RuntimeError("boom: internal detail")
 
-    monkeypatch.setattr(service, "run", broken)
+    monkeypatch.setattr(parts.service, "infer", broken)
     async with client(dispatcher) as http:
-        response = await http.post("/v1/classify", json={"inputs": "a text"})
+        response = await http.post("/v1/classify", json={"inputs": "a text"}, headers={"x-request-id": "abc-123"})
     assert response.status_code == 500
-    assert response.json() == {"error": "internal server error"}
+    assert response.json() == {"error": "internal error (request id abc-123)"}
+    assert response.headers["x-request-id"] == "abc-123"
+    counted = parts.metrics.registry.get_sample_value(
+        "electra_requests_total", {"model": "unknown", "task": "unknown", "protocol": "rest", "code": "500"}
+    )
+    assert counted == 1
+
+
+async def test_every_response_carries_a_request_id(dispatcher: Any) -> None:
+    async with client(dispatcher) as http:
+        given = await http.get("/health/live", headers={"x-request-id": "client.id:42"})
+        made = await http.get("/health/live")
+        forged = await http.get("/health/live", headers={"x-request-id": "bad id\nINFO fake log line"})
+        hot = await http.post("/v1/classify", json={"inputs": "x"})
+    assert given.headers["x-request-id"] == "client.id:42"
+    assert made.headers["x-request-id"] and made.headers["x-request-id"] != "client.id:42"
+    assert forged.headers["x-request-id"] != "bad id\nINFO fake log line"  # not echoed into logs
+    assert hot.status_code == 503 and hot.headers["x-request-id"]
+
+
+def test_fastapi_middleware_would_be_skipped_so_it_is_refused(parts: Assembly) -> None:
+    app = build_app(parts.service, LIMITS, lambda: (b"", "text/plain"))
+
+    async def middleware(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    app.middleware("http")(middleware)
+    with pytest.raises(ValueError, match="skip FastAPI middleware"):
+        HotPathDispatcher(app, app.state.hot_routes)
 
 
 # ------------------------------------------------------------------ until_disconnect

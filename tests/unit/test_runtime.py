@@ -17,17 +17,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from server.core import cuda
+from server.core.device import select_device, select_precision
+from server.core.errors import ModelLoadError
 from server.core.manifest import Manifest
-from server.core.runtime import (
-    ModelLoadError,
-    OnnxModelRuntime,
-    RuntimeOptions,
-    bucket_shape,
-    select_device,
-    select_precision,
-    sha256_of,
-    warmup_buckets,
-)
+from server.core.runtime import OnnxModelRuntime, RuntimeOptions, bucket_shape, sha256_of, warmup_buckets
 
 MAX_SEQ_LEN = 64
 DIMS = ["batch_size", "sequence_length"]
@@ -443,11 +436,12 @@ def test_cuda_provider_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 @pytest.mark.parametrize("task", ["classify", "tag", "qa"])
 async def test_batched_through_the_batcher_equals_single(tmp_path: Path, task: str) -> None:
     from server.core.batcher import DynamicBatcher
+    from server.core.config import BatchPolicy
     from server.core.rows import Row
 
     model_dir, manifest = _write_model(tmp_path, task, ("fp32",))
     rt = OnnxModelRuntime(model_dir, manifest, "cpu", "fp32")
-    batcher = DynamicBatcher(rt.run, max_batch_size=4, sequence_outputs=rt.sequence_outputs)
+    batcher = DynamicBatcher(rt.run, BatchPolicy(max_batch_size=4), sequence_outputs=rt.sequence_outputs)
     # lengths 1 and 2 next to the classifier's 2 labels: the padded length alone cannot tell
     # a [B, labels] output from a [B, seq] one
     lengths = [2, 1, 2, 7, 1, 30, 2]

@@ -1,6 +1,6 @@
-"""InferenceService, the one entry point of both APIs, with the real tasks, tokenizer and batcher
-over a fake runtime (deterministic logits, injectable blocking and failures); then once with a
-real exported model loaded through `load()`.
+"""InferenceService, the one request path of every front end, with the real loader, registry,
+tasks, tokenizer and batcher over a fake runtime (deterministic logits, injectable blocking and
+failures); then once with a real exported model.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,12 @@ import numpy as np
 import pydantic
 import pytest
 
-from server.core.batcher import DynamicBatcher
+from server.assembly import assemble
 from server.core.errors import ErrorKind, ServeError
-from server.core.manifest import Manifest
-from server.core.service import InferenceService, LoadedModel
-from server.core.tasks import TASKS
+from server.core.service import InferenceService
 from server.core.tokenizer import TokenizerPool
-from server.metrics import Metrics
 from server.settings import Settings
+from tests.fakes import LABELS, FakeRuntime, FakeRuntimes, run_json, write_model
 
 
 @pytest.fixture(scope="module")
@@ -35,79 +33,23 @@ def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory / "tokenizer.json"
 
 
-def manifest(name: str, task: str, max_seq_len: int = 32, labels: list[str] | None = None) -> Manifest:
-    return Manifest.model_validate(
-        {
-            "name": name,
-            "task": task,
-            "max_seq_len": max_seq_len,
-            "labels": labels or [],
-            "problem_type": "single_label_classification" if task == "classify" else None,
-            "variants": {"fp32": {"file": "model.onnx", "sha256": "0" * 64,
-                                  "parity": {"max_abs_error": 1e-6, "top1_agreement": 1.0}}},
-            "source": {"model": "fake"},
-        }
-    )  # fmt: skip
-
-
-class FakeRuntime:
-    """Deterministic logits from the token ids alone, so any batching gives the same per-row result.
-
-    classify: [n, -n, 0] with n the row's real length; discriminate: (id % 7) - 3 per token.
-    `gate` (when set) blocks every run until released; `fail` makes runs raise.
-    """
-
-    precision, device, providers = "fp32", "cpu", ["CPUExecutionProvider"]
-
-    def __init__(self, task: str) -> None:
-        self.task = task
-        self.calls: list[tuple[int, int]] = []
-        self.gate: threading.Event | None = None
-        self.fail = False
-
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> dict:
-        self.calls.append(input_ids.shape)
-        if self.gate is not None:
-            assert self.gate.wait(10), "the test never released the runtime"
-        if self.fail:
-            raise RuntimeError("injected failure")
-        if self.task == "classify":
-            n = attention_mask.sum(axis=1).astype(np.float32)
-            return {"logits": np.stack([n, -n, np.zeros_like(n)], axis=1)}
-        return {"logits": (input_ids % 7 - 3).astype(np.float32)}
-
-
-Build = Callable[..., tuple[InferenceService, dict[str, FakeRuntime]]]
+Build = Callable[..., Awaitable[tuple[InferenceService, dict[str, FakeRuntime]]]]
 
 
 @pytest.fixture
-def build(tokenizer_file: Path) -> Build:
-    """`build(settings, name=task, ...) -> (service, {name: runtime})`; each test drains its service."""
+def build(tokenizer_file: Path, tmp_path: Path) -> Build:
+    """`await build(settings, name=task, ...) -> (service, {name: runtime})`, loaded through the real
+    loader and registry from a repository of fake models; each test drains its service."""
 
-    def make(settings: Settings | None = None, **models: str) -> tuple[InferenceService, dict[str, FakeRuntime]]:
+    async def make(settings: Settings | None = None, **models: str) -> tuple[InferenceService, dict[str, FakeRuntime]]:
         settings = settings or Settings(max_queue_delay_ms=1)
-        service = InferenceService(settings, Metrics())
-        runtimes = {}
+        repository = tmp_path / "repository"
         for name, task in (models or {"clf": "classify"}).items():
-            runtime = FakeRuntime(task)
-            labels = ["NEG", "POS", "MID"] if task == "classify" else None
-            pool = TokenizerPool.from_file(tokenizer_file)
-            batcher = DynamicBatcher(
-                runtime.run,
-                pad_token_id=pool.pad_token_id,
-                max_batch_size=settings.max_batch_size,
-                max_batch_tokens=settings.max_batch_tokens,
-                max_queue_delay_ms=settings.max_queue_delay_ms,
-                max_queue_size=settings.max_queue_size,
-                sequence_outputs={"logits"} if task == "discriminate" else set(),
-                observer=service.metrics.observer(name),
-                name=name,
-            )
-            loaded = LoadedModel(manifest(name, task, labels=labels), Path("."), TASKS[task], pool, runtime, batcher)
-            service.models[name] = loaded  # type: ignore[arg-type]  # a fake runtime
-            runtimes[name] = runtime
-        service.loaded = True
-        return service, runtimes
+            write_model(repository, tokenizer_file, name, task)
+        factory = FakeRuntimes()
+        service = assemble(settings.model_copy(update={"device": "cpu"}), repository, factory).service
+        await service.start()
+        return service, {name: factory.latest(name) for name in factory.made}
 
     return make
 
@@ -117,11 +59,11 @@ def expected_classify(n_tokens: int) -> list[dict[str, Any]]:
     scores = np.exp(logits - logits.max())
     scores /= scores.sum()
     order = np.argsort(-scores, kind="stable")
-    return [{"label": ["NEG", "POS", "MID"][i], "score": float(scores[i])} for i in order]
+    return [{"label": LABELS[i], "score": float(scores[i])} for i in order]
 
 
 def sample(service: InferenceService, name: str, **labels: str) -> float | None:
-    return service.metrics.registry.get_sample_value(name, labels)
+    return service.observer.registry.get_sample_value(name, labels)  # type: ignore[attr-defined]
 
 
 async def expect(kind: ErrorKind, awaitable: Any) -> ServeError:
@@ -131,18 +73,23 @@ async def expect(kind: ErrorKind, awaitable: Any) -> ServeError:
     return caught.value
 
 
+def run(service: InferenceService, task: str | None, model: Any, inputs: Any, parameters: Any = None,
+        deadline: float | None = None) -> Awaitable[Any]:  # fmt: skip
+    return run_json(service, task, model, inputs, parameters, deadline)
+
+
 # ------------------------------------------------------------------ requests
 
 
 async def test_run_returns_pipeline_shaped_results_in_input_order(build: Build) -> None:
-    service, runtimes = build()
+    service, runtimes = await build()
     texts = ["a", "a b c d e", "a b", "a b c d e f g h i j"]
-    result = await service.run("classify", "clf", texts, {"top_k": None})
+    result = await run(service, "classify", "clf", texts, {"top_k": None})
     # [CLS] + one token per letter + [SEP]: each item got its own row back, whatever the batch order.
-    assert result.value == [expected_classify(len(t.split()) + 2) for t in texts]
-    assert (result.model, result.task) == ("clf", "classify")
-    single = await service.run("classify", None, "a b", None)
-    assert single.value == expected_classify(4)[:1]  # one input, top_k 1 by default
+    assert result.pipeline_json() == [expected_classify(len(t.split()) + 2) for t in texts]
+    assert (result.model, result.version, result.task.task) == ("clf", "1", "classify")
+    single = await run(service, "classify", None, "a b", None)
+    assert single.pipeline_json() == expected_classify(4)[:1]  # one input, top_k 1 by default
     timings = single.timings
     assert timings.tokenization_s >= 0 and timings.queue_s >= 0 and timings.inference_s >= 0
     assert timings.total_s >= timings.tokenization_s
@@ -152,12 +99,12 @@ async def test_run_returns_pipeline_shaped_results_in_input_order(build: Build) 
 
 async def test_windows_fan_out_and_come_back_to_their_own_request(build: Build, tokenizer_file: Path) -> None:
     """Long texts become several windows batched together; every token keeps its own score."""
-    service, runtimes = build(disc="discriminate")
+    service, runtimes = await build(disc="discriminate")
     texts = [" ".join(f"word{i} number {i * 7}" for i in range(n)) for n in (5, 30, 60)]
-    result = await service.run("discriminate", "disc", texts)
+    result = await run(service, "discriminate", "disc", texts)
     pool = TokenizerPool.from_file(tokenizer_file)
     assert sum(shape[0] for shape in runtimes["disc"].calls) > len(texts)  # windows, not one row per text
-    for text, value in zip(texts, result.value, strict=True):
+    for text, value in zip(texts, result.pipeline_json(), strict=True):
         assert value["tokens"][-1]["end"] == len(text)
         for token in value["tokens"]:
             token_id = pool.get().token_to_id(token["token"])
@@ -166,148 +113,161 @@ async def test_windows_fan_out_and_come_back_to_their_own_request(build: Build, 
 
 
 async def test_resolve_rules(build: Build) -> None:
-    service, _ = build(clf="classify", clf2="classify", disc="discriminate")
-    assert service.resolve("discriminate", None).name == "disc"
-    assert service.resolve("classify", "clf2").name == "clf2"
-    assert service.resolve(None, "disc").name == "disc"  # /models/{name}: the task comes from the model
-    message = str(await expect(ErrorKind.BAD_REQUEST, service.run("classify", None, "x")))
+    service, _ = await build(clf="classify", clf2="classify", disc="discriminate")
+    resolve = service.registry.resolve
+    assert resolve("discriminate", None).name == "disc"
+    assert resolve("classify", "clf2").name == "clf2"
+    assert resolve(None, "disc").name == "disc"  # /models/{name}: the task comes from the model
+    message = str(await expect(ErrorKind.BAD_REQUEST, run(service, "classify", None, "x")))
     assert "clf" in message and "clf2" in message
-    await expect(ErrorKind.NOT_FOUND, service.run("classify", "nope", "x"))
-    await expect(ErrorKind.NOT_FOUND, service.run("qa", None, {"question": "a", "context": "b"}))
-    await expect(ErrorKind.BAD_REQUEST, service.run("classify", "disc", "x"))
-    await expect(ErrorKind.BAD_REQUEST, service.run("classify", 3, "x"))  # type: ignore[arg-type]
+    await expect(ErrorKind.NOT_FOUND, run(service, "classify", "nope", "x"))
+    await expect(ErrorKind.NOT_FOUND, run(service, "qa", None, {"question": "a", "context": "b"}))
+    await expect(ErrorKind.BAD_REQUEST, run(service, "classify", "disc", "x"))
+    await expect(ErrorKind.BAD_REQUEST, run(service, "classify", 3, "x"))  # type: ignore[arg-type]
     await service.drain(1)
 
 
 async def test_bad_input_fails_before_any_model_run(build: Build) -> None:
-    service, runtimes = build(Settings(max_inputs_per_request=3, max_queue_size=4, max_queue_delay_ms=1))
-    await expect(ErrorKind.INVALID_INPUT, service.run("classify", "clf", []))
-    await expect(ErrorKind.BAD_REQUEST, service.run("classify", "clf", "x", {"top_k": 0}))
-    await expect(ErrorKind.TOO_LARGE, service.run("classify", "clf", ["x"] * 4))  # > max_inputs_per_request
-    await expect(ErrorKind.INVALID_INPUT, service.run("classify", "clf", "word " * 40))  # > max_seq_len 32
+    service, runtimes = await build(Settings(max_inputs_per_request=3, max_queue_size=4, max_queue_delay_ms=1))
+    await expect(ErrorKind.INVALID_INPUT, run(service, "classify", "clf", []))
+    await expect(ErrorKind.BAD_REQUEST, run(service, "classify", "clf", "x", {"top_k": 0}))
+    await expect(ErrorKind.TOO_LARGE, run(service, "classify", "clf", ["x"] * 4))  # > max_inputs_per_request
+    await expect(ErrorKind.INVALID_INPUT, run(service, "classify", "clf", "word " * 40))  # > max_seq_len 32
     assert runtimes["clf"].calls == []
     await service.drain(1)
 
 
 async def test_request_larger_than_the_queue_is_too_large(build: Build) -> None:
-    service, runtimes = build(Settings(max_queue_size=2, max_queue_delay_ms=1), disc="discriminate")
+    service, runtimes = await build(Settings(max_queue_size=2, max_queue_delay_ms=1), disc="discriminate")
     long_text = " ".join(["token"] * 100)  # four windows of a 32-token model
-    await expect(ErrorKind.TOO_LARGE, service.run("discriminate", "disc", long_text))
+    await expect(ErrorKind.TOO_LARGE, run(service, "discriminate", "disc", long_text))
     assert runtimes["disc"].calls == []
     await service.drain(1)
 
 
 async def test_deadline_in_the_past_is_deadline_exceeded(build: Build) -> None:
-    service, runtimes = build()
-    await expect(ErrorKind.DEADLINE_EXCEEDED, service.run("classify", "clf", "x", None, time.monotonic() - 1))
+    service, runtimes = await build()
+    await expect(ErrorKind.DEADLINE_EXCEEDED, run(service, "classify", "clf", "x", None, time.monotonic() - 1))
     assert runtimes["clf"].calls == []
     assert sample(service, "electra_dropped_total", model="clf", reason="deadline") == 1
     await service.drain(1)
 
 
 async def test_a_failing_run_fails_only_its_request(build: Build) -> None:
-    service, runtimes = build()
+    service, runtimes = await build()
     runtimes["clf"].fail = True
-    message = str(await expect(ErrorKind.INTERNAL, service.run("classify", "clf", "x")))
-    assert "injected failure" in message
+    message = str(await expect(ErrorKind.INTERNAL, run(service, "classify", "clf", "x")))
+    # No internals reach the client, only the request id that finds the log line.
+    assert "injected failure" not in message and "request id" in message
     runtimes["clf"].fail = False
-    assert (await service.run("classify", "clf", "x")).value == expected_classify(3)[:1]
+    assert (await run(service, "classify", "clf", "x")).pipeline_json() == expected_classify(3)[:1]
     assert service.ready
+    assert sample(service, "electra_requests_total", model="clf", task="classify", protocol="rest", code="500") == 1
     await service.drain(1)
 
 
 async def test_cancelled_request_drops_its_queued_rows(build: Build) -> None:
-    service, runtimes = build(Settings(max_queue_delay_ms=5000))  # rows wait for company
-    task = asyncio.ensure_future(service.run("classify", "clf", ["a", "b", "c"]))
-    batcher = service.models["clf"].batcher
+    service, runtimes = await build(Settings(max_queue_delay_ms=5000))  # rows wait for company
+    task = asyncio.ensure_future(run(service, "classify", "clf", ["a", "b", "c"]))
+    batcher = service.registry.resolve(None, "clf").batcher
     while batcher.queue_depth < 3:
         await asyncio.sleep(0.001)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert batcher.queue_depth == 0
-    assert sample(service, "electra_dropped_total", model="clf", reason="cancelled") == 3
+    assert sample(service, "electra_dropped_total", model="clf", reason="cancelled") == 1  # one request
     assert runtimes["clf"].calls == []
     await asyncio.wait_for(service.drain(5), 2)  # nothing left in flight: drains at once
 
 
 async def test_not_loaded_and_draining_are_unavailable(build: Build) -> None:
-    service, _ = build()
+    service, _ = await build()
     service.loaded = False
     assert not service.ready and not service.model_ready("clf")
-    error = await expect(ErrorKind.UNAVAILABLE, service.run("classify", "clf", "x"))
+    error = await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
     assert error.retry_after_s is not None and error.retry_after_s > 0
     service.loaded = True
     assert service.ready and service.model_ready("clf") and not service.model_ready("nope")
     await service.drain(1)
     assert not service.ready and not service.model_ready("clf")
-    error = await expect(ErrorKind.UNAVAILABLE, service.run("classify", "clf", "x"))
+    error = await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
     assert "shutting down" in str(error)
 
 
 async def test_drain_answers_accepted_requests_first(build: Build) -> None:
-    service, runtimes = build()
-    service.metrics.model_ready.labels("clf").set(1)
+    service, runtimes = await build()
+    assert sample(service, "electra_model_ready", model="clf") == 1
     gate = runtimes["clf"].gate = threading.Event()
-    accepted = [asyncio.ensure_future(service.run("classify", "clf", f"text {i}")) for i in range(3)]
+    accepted = [asyncio.ensure_future(run(service, "classify", "clf", f"text {i}")) for i in range(3)]
     while not runtimes["clf"].calls:  # the first batch is running (and blocked)
         await asyncio.sleep(0.001)
     draining = asyncio.ensure_future(service.drain(10))
     await asyncio.sleep(0.05)
     assert not service.ready and not draining.done()
     assert sample(service, "electra_model_ready", model="clf") == 0
-    await expect(ErrorKind.UNAVAILABLE, service.run("classify", "clf", "late"))
+    await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "late"))
     gate.set()
     results = await asyncio.gather(*accepted)
-    assert [r.value for r in results] == [expected_classify(4)[:1]] * 3
+    assert [r.pipeline_json() for r in results] == [expected_classify(4)[:1]] * 3
     await asyncio.wait_for(draining, 5)
 
 
 async def test_ready_follows_the_batcher_health(build: Build) -> None:
-    service, _ = build()
-    await service.run("classify", "clf", "x")  # starts the batching loop
+    service, _ = await build()
+    await run(service, "classify", "clf", "x")  # starts the batching loop
     assert service.ready
-    loop_task = service.models["clf"].batcher._task  # reaching in: nothing public kills the loop
-    assert loop_task is not None
-    loop_task.cancel()  # the loop dies unexpectedly
+    batcher = service.registry.resolve(None, "clf").batcher
 
-    async def died() -> None:
-        while service.models["clf"].batcher.healthy:
-            await asyncio.sleep(0.001)
+    def broken(window: Any) -> Any:
+        raise RuntimeError("a bug in the batching loop")
 
-    await asyncio.wait_for(died(), 5)
-    assert not service.ready and not service.model_ready("clf")
-    await expect(ErrorKind.UNAVAILABLE, service.run("classify", "clf", "x"))
+    # The loop dies on a bug: it is restarted (what was queued gets 503, clients retry), a few
+    # times; past that the model is dead, readiness and liveness say so, requests get 503.
+    healthy_select = batcher._select
+    for attempt in range(4):
+        batcher._select = broken  # reaching in: nothing public breaks the loop
+        await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
+        batcher._select = healthy_select
+        await asyncio.sleep(0)
+        if attempt < 3:
+            assert batcher.alive and service.ready and service.live
+            assert (await run(service, "classify", "clf", "x")).pipeline_json() == expected_classify(3)[:1]
+    assert not batcher.alive
+    assert not service.ready and not service.model_ready("clf") and not service.live
+    assert sample(service, "electra_batcher_restarts_total", model="clf") == 3
+    await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
     await service.drain(1)
 
 
 async def test_describe(build: Build) -> None:
-    service, _ = build()
-    described = service.models["clf"].describe()
-    assert described["name"] == "clf" and described["task"] == "classify"
+    service, _ = await build()
+    described = service.registry.resolve(None, "clf").describe()
+    assert described["name"] == "clf" and described["task"] == "classify" and described["version"] == "1"
     assert described["labels"] == ["NEG", "POS", "MID"]
     assert (described["precision"], described["device"], described["max_seq_len"]) == ("fp32", "cpu", 32)
     assert described["parity"]["max_abs_error"] == 1e-6 and described["parity"]["top1_agreement"] == 1.0
     await service.drain(1)
 
 
-# ------------------------------------------------------------------ a real model through load()
+# ------------------------------------------------------------------ a real model through the loader
 
 
 async def test_load_a_real_repository(export_model: Callable[..., Path]) -> None:
     model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
     settings = Settings(models=model_dir.name, device="cpu", max_queue_delay_ms=1, max_batch_size=4,
                         max_batch_tokens=256)  # fmt: skip
-    service = InferenceService(settings, Metrics())
+    service = assemble(settings, model_dir.parent).service
     assert not service.ready
-    await service.load(model_dir.parent)
+    await service.start(settings.start_models())
     try:
-        assert service.ready and list(service.models) == [model_dir.name]
+        assert service.ready and [v.name for v in service.registry.serving()] == [model_dir.name]
         assert sample(service, "electra_model_ready", model=model_dir.name) == 1
-        described = service.models[model_dir.name].describe()
+        described = service.registry.resolve(None, model_dir.name).describe()
         assert described["labels"] == ["contradiction", "entailment", "neutral"] and described["device"] == "cpu"
-        result = await service.run("classify", None, ["A man eats.", "Nobody eats."], {"top_k": None})
-        for scores in result.value:
+        assert "/" not in described["source"]["model"]  # paths stay in the logs
+        result = await run(service, "classify", None, ["A man eats.", "Nobody eats."], {"top_k": None})
+        for scores in result.pipeline_json():
             assert sorted(e["label"] for e in scores) == ["contradiction", "entailment", "neutral"]
             assert sum(e["score"] for e in scores) == pytest.approx(1.0, abs=1e-6)
     finally:
@@ -318,21 +278,21 @@ async def test_load_a_real_repository(export_model: Callable[..., Path]) -> None
 async def test_idle_cpu_server_gives_freed_heap_back(
     export_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """After load() set the glibc thresholds, a second without requests triggers malloc_trim once
+    """Once the loader set the glibc thresholds, a second without requests triggers malloc_trim once
     (off the event loop); requests arriving meanwhile postpone it."""
-    import threading
-
     from server.core import service as service_module
 
     trimmed: list[str] = []
     monkeypatch.setattr(service_module, "IDLE_TRIM_S", 1.0)
     monkeypatch.setattr(service_module, "release_free_heap", lambda: trimmed.append(threading.current_thread().name))
     model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
-    service = InferenceService(Settings(models=model_dir.name, device="cpu"), Metrics())
-    await service.load(model_dir.parent)
+    settings = Settings(models=model_dir.name, device="cpu")
+    service = assemble(settings, model_dir.parent).service
+    await service.start(settings.start_models())
     try:
+        assert service.registry.loader.heap_tuned
         for _ in range(3):
-            await service.run("classify", None, "A man eats.", None)
+            await run(service, "classify", None, "A man eats.", None)
             await asyncio.sleep(0.01)  # far shorter than the idle time: no trim yet
         assert trimmed == []
         for _ in range(50):  # the trim comes about a second after the last request
@@ -345,67 +305,65 @@ async def test_idle_cpu_server_gives_freed_heap_back(
         await service.drain(5)
 
 
-async def test_a_drain_during_loading_stops_it_at_the_next_model(
-    export_model: Callable[..., Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+async def test_a_drain_during_loading_stops_it_at_the_next_model(tokenizer_file: Path, tmp_path: Path) -> None:
     """SIGTERM while a repository loads: the model being loaded finishes, no further one starts,
-    nothing is started or reported ready, and load() returns without an error."""
-    import shutil
-
-    from server.core import service as service_module
-
-    model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
-    for copy in ("first", "second", "third"):
-        shutil.copytree(model_dir, tmp_path / copy)
-    service = InferenceService(Settings(device="cpu"), Metrics())
-    loaded: list[str] = []
-    real_runtime = service_module.OnnxModelRuntime
+    nothing is reported ready, and start() returns without an error."""
+    for name in ("first", "second", "third"):
+        write_model(tmp_path, tokenizer_file, name, "classify")
+    service_ref: list[InferenceService] = []
+    factory = FakeRuntimes()
 
     def runtime_then_sigterm(path: Path, *args: Any) -> Any:
-        loaded.append(path.name)
-        service.draining = True  # what drain() sets first
-        return real_runtime(path, *args)
+        service_ref[0].draining = True  # what drain() sets first
+        service_ref[0].registry.stopping = True
+        return factory(path, *args)
 
-    monkeypatch.setattr(service_module, "OnnxModelRuntime", runtime_then_sigterm)
-    await service.load(tmp_path)
-    assert loaded == ["first"]
+    service = assemble(Settings(device="cpu"), tmp_path, runtime_then_sigterm).service
+    service_ref.append(service)
+    await service.start()
+    assert list(factory.made) == ["first"]
     assert not service.loaded and not service.ready and service.load_error is None
-    assert sample(service, "electra_model_ready", model="first") is None
     await service.drain(1)
 
 
-async def test_load_fails_clearly_on_a_missing_model(export_model: Callable[..., Path]) -> None:
-    model_dir = export_model("classify", labels=["contradiction", "entailment", "neutral"], seed=31)
-    service = InferenceService(Settings(models="absent-model", device="cpu"), Metrics())
-    error = await expect(ErrorKind.NOT_FOUND, service.load(model_dir.parent))
+async def test_load_fails_clearly_on_a_missing_model(tokenizer_file: Path, tmp_path: Path) -> None:
+    write_model(tmp_path, tokenizer_file, "present", "classify")
+    service = assemble(Settings(device="cpu"), tmp_path, FakeRuntimes()).service
+    error = await expect(ErrorKind.NOT_FOUND, service.start(["absent-model"]))
     assert "absent-model" in str(error) and service.load_error and not service.ready
+    assert "/" not in service.not_ready_reason()  # no paths in what clients see
     await service.drain(1)
 
 
 def test_cpu_batch_defaults_apply_only_to_limits_the_user_left_unset() -> None:
-    from server.core.service import CPU_BATCH_DEFAULTS, batch_limits
-    from server.settings import Settings
+    from server.core.config import CPU_BATCH_DEFAULTS
+
+    def limits(settings: Settings, device: str) -> tuple[int, int, int | None]:
+        policy = settings.core_config().batch_policy(device)
+        return policy.max_batch_size, policy.max_batch_tokens, policy.max_batch_attention
 
     cpu = CPU_BATCH_DEFAULTS
     tokens, cells = cpu["max_batch_tokens"], cpu["max_batch_attention"]
-    assert batch_limits(Settings(), "cpu") == (cpu["max_batch_size"], tokens, cells)
-    assert batch_limits(Settings(), "cuda") == (32, 8192, None)
-    assert batch_limits(Settings(max_batch_size=24), "cpu") == (24, tokens, cells)
-    assert batch_limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu")[:2] == (24, 4096)
+    assert limits(Settings(), "cpu") == (cpu["max_batch_size"], tokens, cells)
+    assert limits(Settings(), "cuda") == (32, 8192, None)
+    assert limits(Settings(max_batch_size=24), "cpu") == (24, tokens, cells)
+    assert limits(Settings(max_batch_size=24, max_batch_tokens=4096), "cpu")[:2] == (24, 4096)
     # 0 means no limit, on CPU too once the user says so; on CUDA a set limit applies.
-    assert batch_limits(Settings(max_batch_attention=0), "cpu").max_batch_attention is None
-    assert batch_limits(Settings(max_batch_attention=50_000), "cuda").max_batch_attention == 50_000
+    assert limits(Settings(max_batch_attention=0), "cpu")[2] is None
+    assert limits(Settings(max_batch_attention=50_000), "cuda")[2] == 50_000
 
 
 def test_padding_limit_is_the_devices_default_unless_set() -> None:
-    from server.core.service import MAX_PADDING_RATIO, padding_limit
-    from server.settings import Settings, load_settings
+    from server.settings import load_settings
 
-    assert padding_limit(Settings(), "cpu") == MAX_PADDING_RATIO["cpu"] == 0.1
-    assert padding_limit(Settings(), "cuda") is None
-    assert padding_limit(load_settings(["--max-padding-ratio", "0.25"]), "cpu") == 0.25
-    assert padding_limit(load_settings(["--max-padding-ratio", "0"]), "cuda") == 0.0
-    assert padding_limit(load_settings(["--max-padding-ratio", "1"]), "cpu") is None  # 1: no limit
+    def padding(settings: Settings, device: str) -> float | None:
+        return settings.core_config().batch_policy(device).max_padding_ratio
+
+    assert padding(Settings(), "cpu") == 0.1
+    assert padding(Settings(), "cuda") is None
+    assert padding(load_settings(["--max-padding-ratio", "0.25"]), "cpu") == 0.25
+    assert padding(load_settings(["--max-padding-ratio", "0"]), "cuda") == 0.0
+    assert padding(load_settings(["--max-padding-ratio", "1"]), "cpu") is None  # 1: no limit
     with pytest.raises(pydantic.ValidationError):
         load_settings(["--max-padding-ratio", "1.5"])
 

@@ -243,17 +243,19 @@ def test_parameter_spellings(heads) -> None:
     assert TASK.default_params(m).top_k == 1
 
 
-def test_encode_accepts_raw_items_and_drops_empty_pairs(heads) -> None:
+def test_every_protocol_builds_the_same_items_and_empty_pairs_are_no_pairs(heads) -> None:
+    """JSON items and the item constructor the typed gRPC and KServe front ends call agree; an empty
+    text_pair is no pair, as in transformers."""
+    from server.core.tasks.classify import item
+
     h = heads["binary"]
     _, params, _ = TASK.parse("x", None, h.manifest)
-    parsed, _, _ = TASK.parse(["a text", {"text": "a text", "text_pair": "a pair"}], None, h.manifest)
-    raw = ["a text", {"text": "a text", "text_pair": "a pair"}]
-    as_rows = [[r.input_ids.tolist() for r in e.rows] for e in TASK.encode(h.tokenizer, raw, params, h.manifest)]
-    assert as_rows == [
-        [r.input_ids.tolist() for r in e.rows] for e in TASK.encode(h.tokenizer, parsed, params, h.manifest)
-    ]
-    empty_pair = TASK.encode(h.tokenizer, [("a text", "")], params, h.manifest)[0].rows[0]
+    parsed, _, _ = TASK.parse(["a text", {"text": "a text", "text_pair": "a pair"}, {"text": "t", "text_pair": ""}],
+                              None, h.manifest)  # fmt: skip
+    assert parsed == [("a text", None), ("a text", "a pair"), ("t", None)]
+    assert parsed == [item("a text", None, "p"), item("a text", "a pair", "p"), item("t", "", "p")]
+    empty_pair = TASK.encode(h.tokenizer, [item("a text", "", "p")], params, h.manifest)[0].rows[0]
     alone = TASK.encode(h.tokenizer, [("a text", None)], params, h.manifest)[0].rows[0]
     assert empty_pair.input_ids.tolist() == alone.input_ids.tolist()
-    with pytest.raises(ServeError, match=r"inputs\[0\]"):
-        TASK.encode(h.tokenizer, [3], params, h.manifest)
+    with pytest.raises(ServeError, match=r"inputs\[0\]\.text"):
+        item(3, None, "inputs[0]")

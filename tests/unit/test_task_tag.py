@@ -212,19 +212,35 @@ def test_bad_requests(h, inputs, parameters, kind, fragment) -> None:
 
 
 def test_stride_too_large_for_the_model_is_rejected_before_tokenizing(h) -> None:
-    for stride in (MAX_LEN - 2, MAX_LEN, 1000):
+    """Windows hold MAX_LEN - 2 text tokens and must advance by at least an eighth of them, so a
+    stride close to the window is refused: each window would add a token or two (work amplification)."""
+    room = MAX_LEN - 2
+    largest = room - -(-room // 8)
+    for stride in (largest + 1, MAX_LEN - 3, MAX_LEN - 2, MAX_LEN, 1000):
         items, params, _ = TASK.parse(LONG[0], {"stride": stride}, h.manifest)
         with pytest.raises(ServeError) as err:
             TASK.encode(h.tokenizer, items, params, h.manifest)
         assert err.value.kind is ErrorKind.BAD_REQUEST
-        assert f"less than {MAX_LEN - 2}" in err.value.message
-    items, params, _ = TASK.parse(LONG[0], {"stride": MAX_LEN - 3}, h.manifest)
+        assert f"at most {largest}" in err.value.message
+    items, params, _ = TASK.parse(LONG[0], {"stride": largest}, h.manifest)
     assert len(TASK.encode(h.tokenizer, items, params, h.manifest)[0].rows) > 1
+
+
+def test_windows_are_counted_before_they_are_built(h) -> None:
+    """A request that would need more windows than allowed is a 413 naming the limit, decided from
+    the token count alone (the tokenizer's own windowing never runs)."""
+    items, params, _ = TASK.parse(LONG, None, h.manifest)
+    needed = sum(len(e.rows) for e in TASK.encode(h.tokenizer, items, params, h.manifest))
+    assert len(TASK.encode(h.tokenizer, items, params, h.manifest, max_rows=needed)) == len(items)
+    with pytest.raises(ServeError) as err:
+        TASK.encode(h.tokenizer, items, params, h.manifest, max_rows=needed - 1)
+    assert err.value.kind is ErrorKind.TOO_LARGE
+    assert f"needs {needed} model windows" in err.value.message and f"at most {needed - 1}" in err.value.message
 
 
 def test_parameter_spellings_and_defaults(h) -> None:
     _, params, _ = TASK.parse("x", None, h.manifest)
-    assert (params.aggregation_strategy, params.ignore_labels, params.stride) == ("simple", ("O",), None)
+    assert (params.aggregation_strategy, params.ignore_labels, params.stride) == ("simple", ("O",), AUTO_STRIDE)
     _, params, _ = TASK.parse("x", {"aggregation_strategy": "MAX", "ignore_labels": None, "stride": None}, h.manifest)
     assert (params.aggregation_strategy, params.ignore_labels) == ("max", ("O",))
     assert TASK.default_params(h.manifest) == TASK.parse("x", None, h.manifest)[1]

@@ -45,19 +45,29 @@ def test_bytes_round_trip_with_empty_and_multibyte_elements() -> None:
     raw = t.join_bytes(items)
     assert raw[:4] == struct.pack("<I", 0)
     assert raw[4:8] == struct.pack("<I", len(items[1]))
-    assert t.split_bytes(raw, "TEXT") == items
-    assert t.split_bytes(b"", "TEXT") == []
+    assert t.split_bytes(raw, "TEXT", len(items)) == items
+    assert t.split_bytes(b"", "TEXT", 0) == []
 
 
 @pytest.mark.parametrize(
     "raw",
-    [b"\x05\x00", struct.pack("<I", 10) + b"short", t.join_bytes([b"ok"]) + b"\x01"],
-    ids=["truncated-length", "overrun", "trailing-garbage"],
+    [b"\x05\x00", struct.pack("<I", 10) + b"short", t.join_bytes([b"ok"]) + b"\x01", t.join_bytes([b"a", b"b"])],
+    ids=["truncated-length", "overrun", "trailing-garbage", "more-than-declared"],
 )
 def test_malformed_bytes_name_the_tensor(raw: bytes) -> None:
     with rejected() as caught:
-        t.split_bytes(raw, "CONTEXT")
+        t.split_bytes(raw, "CONTEXT", 1)
     assert "CONTEXT" in caught.value.message
+
+
+def test_a_declared_shape_over_the_limit_is_refused_before_any_data_is_read() -> None:
+    """A tensor that says it holds more rows than a request may is a 413 from its shape alone."""
+    with pytest.raises(ServeError) as caught:
+        t.from_raw("TEXT", "BYTES", [10**9, 1], b"\x00" * 8, max_elements=512)
+    assert caught.value.kind is ErrorKind.TOO_LARGE and "512" in caught.value.message
+    with pytest.raises(ServeError) as caught:
+        t.from_json("TEXT", "BYTES", [513], ["x"] * 513, max_elements=512)
+    assert caught.value.kind is ErrorKind.TOO_LARGE
 
 
 # ---------------------------------------------------------------- decoding
@@ -77,7 +87,7 @@ def test_from_raw_bytes_checks_the_element_count() -> None:
     assert t.from_raw("TEXT", "BYTES", [2, 1], t.join_bytes([b"a", b"b"])).data == [b"a", b"b"]
     with rejected() as caught:
         t.from_raw("TEXT", "BYTES", [3, 1], t.join_bytes([b"a", b"b"]))
-    assert "needs 3 elements" in caught.value.message
+    assert "after 2 of its 3 BYTES elements" in caught.value.message
 
 
 def test_from_json_flattens_nested_rows() -> None:
@@ -119,16 +129,20 @@ def test_gather_accepts_n_by_1_and_flat_shapes() -> None:
     specs = t.input_specs("classify")
     batch = t.gather(specs, [text("TEXT", ["a", "b"]), text("TEXT_PAIR", ["x", ""])], "m")
     assert (batch.rows, batch.two_dimensional) == (2, True)
-    assert t.task_inputs("classify", batch) == [{"text": "a", "text_pair": "x"}, {"text": "b", "text_pair": None}]
+    assert t.task_items("classify", batch) == [("a", "x"), ("b", None)]
     flat = t.gather(specs, [text("TEXT", ["a", "b", "c"], shape=[3])], "m")
     assert (flat.rows, flat.two_dimensional) == (3, False)
-    assert t.task_inputs("classify", flat) == [{"text": s, "text_pair": None} for s in "abc"]
+    assert t.task_items("classify", flat) == [(s, None) for s in "abc"]
 
 
 def test_gather_qa_columns() -> None:
     batch = t.gather(t.input_specs("qa"), [text("CONTEXT", ["ctx"]), text("QUESTION", ["why?"])], "m")
-    assert t.task_inputs("qa", batch) == [{"question": "why?", "context": "ctx"}]
-    assert t.task_inputs("tag", t.gather(t.input_specs("tag"), [text("TEXT", ["x"])], "m")) == ["x"]
+    assert t.task_items("qa", batch) == [("why?", "ctx")]
+    assert t.task_items("tag", t.gather(t.input_specs("tag"), [text("TEXT", ["x"])], "m")) == ["x"]
+    empty = t.gather(t.input_specs("qa"), [text("CONTEXT", ["ctx"]), text("QUESTION", [""])], "m")
+    with pytest.raises(ServeError) as caught:
+        t.task_items("qa", empty)  # the same check as REST's: the pipeline refuses empty questions
+    assert caught.value.kind is ErrorKind.INVALID_INPUT and "row 0.question" in caught.value.message
 
 
 @pytest.mark.parametrize(
@@ -172,7 +186,7 @@ def test_build_outputs_shapes_and_encodings() -> None:
     result, logit = t.build_outputs(specs, batch, results, logits)
     assert (result.shape, logit.shape) == ([2, 1], [2, 2])
     assert [orjson.loads(item) for item in result.data] == results
-    assert t.split_bytes(result.raw(), "RESULT") == result.data
+    assert t.split_bytes(result.raw(), "RESULT", 2) == result.data
     assert result.json_data() == [orjson.dumps(r).decode() for r in results]
     np.testing.assert_array_equal(np.frombuffer(logit.raw(), dtype="<f4").reshape(2, 2), np.stack(logits))
     assert logit.json_data() == pytest.approx([0.1, -0.2, 1.0, 2.0])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -12,21 +13,21 @@ from server.core.errors import invalid
 from server.core.manifest import Manifest
 from server.core.rows import RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import (
-    bool_param,
-    choice_param,
-    int_param,
-    item_inputs,
-    label_names,
-    parameters_dict,
-    row_of,
-    sigmoid,
-    softmax,
-    type_name,
-)
+from server.core.tasks.common import check_rows, item_inputs, label_names, row_of, sigmoid, softmax
+from server.core.tasks.params import Bool, Choice, Int, ParamTable, type_name
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
-PARAMETERS = ("top_k", "function_to_apply", "truncate")
+# Far more than any head has labels; only there so that no request asks for an absurd list.
+MAX_TOP_K = 10_000
+PARAMETERS = ParamTable(
+    Int("top_k", "labels to return, best first (default 1); null: every label", minimum=1, maximum=MAX_TOP_K),
+    Choice(
+        "function_to_apply",
+        "score function (default: sigmoid for a multi-label or one-label head, none for regression, else softmax)",
+        choices=FUNCTIONS,
+    ),
+    Bool("truncate", "cut texts longer than the model, pairs longest-first (default false: such a text is a 422)"),
+)
 
 # One item: (text, text_pair or None).
 Item = tuple[str, str | None]
@@ -48,6 +49,16 @@ def default_function(manifest: Manifest) -> str:
     return "softmax"
 
 
+def item(text: Any, text_pair: Any, where: str) -> Item:
+    """One classification input, from any protocol's fields."""
+    if not isinstance(text, str):
+        raise invalid(f"{where}.text must be a string, got {type_name(text)}")
+    if text_pair is not None and not isinstance(text_pair, str):
+        raise invalid(f"{where}.text_pair must be a string, got {type_name(text_pair)}")
+    # An empty text_pair is no pair, as in transformers (`[(text, pair)] if pair else [text]`).
+    return text, text_pair or None
+
+
 def _item(value: Any, where: str) -> Item:
     if isinstance(value, str):
         return value, None
@@ -55,50 +66,41 @@ def _item(value: Any, where: str) -> Item:
         unknown = sorted(str(k) for k in value if k not in ("text", "text_pair"))
         if unknown:
             raise invalid(f"{where} has unknown key(s) {', '.join(unknown)}; expected text and text_pair")
-        text, pair = value.get("text"), value.get("text_pair")
-        if not isinstance(text, str):
-            raise invalid(f"{where}.text must be a string, got {type_name(text)}")
-        if pair is not None and not isinstance(pair, str):
-            raise invalid(f"{where}.text_pair must be a string, got {type_name(pair)}")
-        return text, pair
+        return item(value.get("text"), value.get("text_pair"), where)
     raise invalid(f"{where} must be a string or an object {{text, text_pair}}, got {type_name(value)}")
 
 
 class ClassifyTask(TaskHandler):
     task: ClassVar[str] = "classify"
+    parameters: ClassVar[ParamTable] = PARAMETERS
 
-    def parse(
-        self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
-    ) -> tuple[list[Item], ClassifyParams, bool]:
-        items, is_list = item_inputs(inputs, _item)
+    def items_from_json(self, inputs: Any) -> tuple[list[Item], bool]:
+        return item_inputs(inputs, _item)
 
-        given = parameters_dict(parameters, PARAMETERS)
-        top_k = given.get("top_k", 1)
-        if top_k is not None:
-            top_k = int_param("top_k", top_k, minimum=1)
+    def resolve(self, given: Mapping[str, Any], manifest: Manifest) -> ClassifyParams:
         function = given.get("function_to_apply")
-        function = (
-            default_function(manifest) if function is None else choice_param("function_to_apply", function, FUNCTIONS)
+        return ClassifyParams(
+            top_k=given.get("top_k", 1),  # null (None): every label
+            function_to_apply=default_function(manifest) if function is None else function,
+            truncate=bool(given.get("truncate") or False),
         )
-        truncate = given.get("truncate")
-        truncate = False if truncate is None else bool_param("truncate", truncate)
-        return items, ClassifyParams(top_k=top_k, function_to_apply=function, truncate=truncate), is_list
 
     def encode(
-        self, tokenizer: Tokenizer, items: list[Item], params: ClassifyParams, manifest: Manifest
+        self,
+        tokenizer: Tokenizer,
+        items: list[Item],
+        params: ClassifyParams,
+        manifest: Manifest,
+        max_rows: int | None = None,
     ) -> list[Encoded]:
+        check_rows(len(items), max_rows)
         tokenizer.no_padding()
         if params.truncate:
             # Pairs are cut longest-first, as transformers does for truncation=True.
             tokenizer.enable_truncation(max_length=manifest.max_seq_len, strategy="longest_first")
         else:
             tokenizer.no_truncation()
-        # Items normally come from parse() as (text, pair) tuples; plain strings or {text, text_pair}
-        # objects (what a KServe v2 front end may hand over directly) are accepted as well.
-        pairs = [v if isinstance(v, tuple) else _item(v, f"inputs[{i}]") for i, v in enumerate(items)]
-        # An empty text_pair is no pair, as in transformers (`[(text, pair)] if pair else [text]`).
-        batch = [(text, pair) if pair else text for text, pair in pairs]
-        encodings = tokenizer.encode_batch(batch)
+        encodings = tokenizer.encode_batch([(text, pair) if pair else text for text, pair in items])
         for i, encoding in enumerate(encodings):
             if len(encoding) > manifest.max_seq_len:
                 where = "input" if len(items) == 1 else f"inputs[{i}]"

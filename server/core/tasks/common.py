@@ -1,5 +1,5 @@
-"""Helpers shared by the classify, tag and discriminate tasks: request validation, score
-functions and stride windows built with the `tokenizers` truncation/overflow API.
+"""Helpers shared by the tasks: input validation, score functions, and stride windows built with
+the `tokenizers` truncation/overflow API, counted before they are built.
 
 Convention: a malformed `inputs` is 422 (errors.invalid), a malformed `parameters` is 400
 (errors.bad_request), so that a client can tell which half of its request to fix.
@@ -8,44 +8,19 @@ Convention: a malformed `inputs` is 422 (errors.invalid), a malformed `parameter
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from server.core.errors import bad_request, invalid
+from server.core.errors import bad_request, invalid, too_large
 from server.core.rows import Row
+from server.core.tasks.params import type_name
 
 T = TypeVar("T")
 
 # ---------------------------------------------------------------- request validation
-
-
-def parameters_dict(parameters: Any, allowed: Iterable[str]) -> dict[str, Any]:
-    """The request's parameters as a dict; unknown names are rejected (a typo must not pass silently)."""
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise bad_request(f"parameters must be an object, got {type_name(parameters)}")
-    allowed = set(allowed)
-    unknown = sorted(str(k) for k in parameters if k not in allowed)
-    if unknown:
-        raise bad_request(f"unknown parameter(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-    return parameters
-
-
-def type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {
-        bool: "boolean",
-        int: "integer",
-        float: "number",
-        str: "string",
-        list: "array",
-        dict: "object",
-    }.get(type(value), type(value).__name__)
 
 
 def text_inputs(inputs: Any) -> tuple[list[str], bool]:
@@ -69,38 +44,6 @@ def item_inputs(inputs: Any, parse_item: Callable[[Any, str], T]) -> tuple[list[
             raise invalid("inputs must not be an empty list")
         return [parse_item(v, f"inputs[{i}]") for i, v in enumerate(inputs)], True
     return [parse_item(inputs, "inputs")], False
-
-
-def int_param(name: str, value: Any, *, minimum: int, maximum: int | None = None) -> int:
-    # bool is an int in Python; `true` as a count is a client bug, not 1.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad_request(f"parameter {name} must be an integer, got {type_name(value)}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise bad_request(f"parameter {name} must be {bound}, got {value}")
-    return value
-
-
-def bool_param(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise bad_request(f"parameter {name} must be a boolean, got {type_name(value)}")
-    return value
-
-
-def float_param(name: str, value: Any, *, minimum: float, maximum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_request(f"parameter {name} must be a number, got {type_name(value)}")
-    value = float(value)
-    if not (math.isfinite(value) and minimum <= value <= maximum):
-        raise bad_request(f"parameter {name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def choice_param(name: str, value: Any, choices: Sequence[str]) -> str:
-    # Case-insensitive like the pipelines, which look the value up as an enum name.
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise bad_request(f"parameter {name} must be one of {', '.join(choices)}, got {value!r}")
-    return value.lower()
 
 
 def label_names(labels: Sequence[str], count: int) -> list[str]:
@@ -137,21 +80,66 @@ def content_length(tokenizer: Tokenizer, max_seq_len: int) -> int:
     return max_seq_len - tokenizer.num_special_tokens_to_add(False)
 
 
-def check_stride(tokenizer: Tokenizer, stride: int, max_seq_len: int) -> None:
-    # The Rust tokenizer panics on a stride that leaves no room to advance; say it clearly instead.
-    limit = content_length(tokenizer, max_seq_len)
-    if stride >= limit:
-        raise bad_request(
-            f"parameter stride must be less than {limit} (the model's max_seq_len {max_seq_len} "
-            f"minus its special tokens), got {stride}"
+# Consecutive windows must advance by at least this share of a window's text: a stride close to
+# the window length would turn one text into as many windows as it has tokens (work
+# amplification: a 7 KB text with stride 509 was ~1,000 full rows).
+MIN_WINDOW_ADVANCE = 1 / 8
+
+
+def min_advance(room: int) -> int:
+    """The fewest new tokens each window must bring, for windows of `room` text tokens."""
+    return max(1, math.ceil(room * MIN_WINDOW_ADVANCE))
+
+
+def window_count(n_tokens: int, room: int, step: int) -> int:
+    """Windows of `room` tokens, `step` apart, that cover `n_tokens` (what the Rust truncation makes)."""
+    return 1 if n_tokens <= room else 1 + -(-(n_tokens - room) // step)
+
+
+def check_rows(total: int, max_rows: int | None, what: str = "this request") -> None:
+    if max_rows is not None and total > max_rows:
+        raise too_large(
+            f"{what} needs {total} model windows; at most {max_rows} are allowed per request (the window "
+            "limit, and a request's share of the model's queue): send fewer or shorter texts, or a smaller stride"
         )
 
 
-def encode_windows(tokenizer: Tokenizer, texts: list[str], max_seq_len: int, stride: int) -> list[list[Encoding]]:
+def check_stride(tokenizer: Tokenizer, stride: int, max_seq_len: int) -> None:
+    # The Rust tokenizer panics on a stride that leaves no room to advance; say it clearly instead.
+    limit = content_length(tokenizer, max_seq_len)
+    largest = limit - min_advance(limit)
+    if stride > largest:
+        raise bad_request(
+            f"parameter stride must be at most {largest} (windows of {limit} text tokens, the model's "
+            f"max_seq_len {max_seq_len} minus its special tokens, must advance by at least "
+            f"{min_advance(limit)} tokens), got {stride}"
+        )
+
+
+def count_single_windows(tokenizer: Tokenizer, texts: list[str], room: int, step: int, max_rows: int | None) -> None:
+    """Refuse (413) texts that would need more than `max_rows` windows, before any is built.
+
+    A WordPiece token covers at least one character, so characters bound the windows; only when that
+    bound passes the limit are the long texts tokenized (without windows) to count exactly."""
+    if max_rows is None:
+        return
+    if sum(window_count(len(t), room, step) for t in texts) <= max_rows:
+        return
+    long = [t for t in texts if len(t) > room]
+    tokenizer.no_truncation()
+    lengths = [len(e) for e in tokenizer.encode_batch(long, add_special_tokens=False)]
+    check_rows(len(texts) - len(long) + sum(window_count(n, room, step) for n in lengths), max_rows)
+
+
+def encode_windows(
+    tokenizer: Tokenizer, texts: list[str], max_seq_len: int, stride: int, max_rows: int | None = None
+) -> list[list[Encoding]]:
     """Each text as overlapping windows of at most max_seq_len tokens, consecutive windows sharing
     `stride` tokens: exactly what a fast tokenizer returns with return_overflowing_tokens, which is
     how the transformers pipelines window long texts. A text that fits gives one window."""
     check_stride(tokenizer, stride, max_seq_len)
+    room = content_length(tokenizer, max_seq_len)
+    count_single_windows(tokenizer, texts, room, room - stride, max_rows)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_len, stride=stride, strategy="longest_first")
     return [[encoding, *encoding.overflowing] for encoding in tokenizer.encode_batch(texts)]

@@ -8,6 +8,7 @@ score depends on where windows fall as little as possible.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,22 +21,23 @@ from server.core.tasks.base import Encoded, TaskHandler
 from server.core.tasks.common import (
     content_length,
     encode_windows,
-    float_param,
     max_context_owners,
-    parameters_dict,
     row_of,
     sigmoid,
     text_inputs,
     text_positions,
     window_starts,
 )
+from server.core.tasks.params import Float, ParamTable, pick
 
-PARAMETERS = ("threshold",)
+PARAMETERS = ParamTable(
+    Float("threshold", "a token is 'replaced' when its score is above this (default 0.5)", minimum=0.0, maximum=1.0),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class DiscriminateParams:
-    threshold: float = 0.5
+    threshold: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,26 +59,28 @@ class DiscriminateState:
 class DiscriminateTask(TaskHandler):
     task: ClassVar[str] = "discriminate"
 
-    def parse(
-        self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
-    ) -> tuple[list[str], DiscriminateParams, bool]:
-        texts, is_list = text_inputs(inputs)
-        threshold = parameters_dict(parameters, PARAMETERS).get("threshold")
-        if threshold is None:
-            return texts, DiscriminateParams(), is_list
-        return (
-            texts,
-            DiscriminateParams(float_param("threshold", threshold, minimum=0.0, maximum=1.0)),
-            is_list,
-        )
+    parameters: ClassVar[ParamTable] = PARAMETERS
+
+    def items_from_json(self, inputs: Any) -> tuple[list[str], bool]:
+        return text_inputs(inputs)
+
+    def resolve(self, given: Mapping[str, Any], manifest: Manifest) -> DiscriminateParams:
+        return DiscriminateParams(threshold=pick(given, "threshold", 0.5))
 
     def encode(
-        self, tokenizer: Tokenizer, items: list[str], params: DiscriminateParams, manifest: Manifest
+        self,
+        tokenizer: Tokenizer,
+        items: list[str],
+        params: DiscriminateParams,
+        manifest: Manifest,
+        max_rows: int | None = None,
     ) -> list[Encoded]:
         stride = manifest.max_seq_len // 4
         step = content_length(tokenizer, manifest.max_seq_len) - stride
         encoded = []
-        for text, windows in zip(items, encode_windows(tokenizer, items, manifest.max_seq_len, stride), strict=True):
+        for text, windows in zip(
+            items, encode_windows(tokenizer, items, manifest.max_seq_len, stride, max_rows), strict=True
+        ):
             positions = [text_positions(w) for w in windows]
             owner, local = max_context_owners([len(p) for p in positions], window_starts(len(windows), step))
             # Encoding getters build a fresh list on every access: read each window once.

@@ -10,6 +10,10 @@ Parameters and defaults are the pipeline's (transformers 4.57, fast-tokenizer pa
   A context that does not fit beside the question is split into such windows (question first,
   `only_second` truncation with overflow), never cut.
 - `max_answer_len` (15): longest answer, in tokens.
+Bounds beyond the pipeline: `top_k` at most 100, `max_answer_len` and `max_question_len` at
+most 4096, windows that advance by at least an eighth of their context (see
+`common.MIN_WINDOW_ADVANCE`), and at most the service's windows per request (413).
+
 - `max_question_len` (64): accepted and ignored, exactly like the pipeline's fast-tokenizer path
   (only its slow-tokenizer path truncates questions). A question so long that a window holds
   no more than `doc_stride` context tokens beside it is refused (422) when the context needs
@@ -35,6 +39,7 @@ the threshold alone decides about the empty answer, whatever `handle_impossible_
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,25 +50,37 @@ from server.core.errors import bad_request, invalid
 from server.core.manifest import Manifest
 from server.core.rows import Row, RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import (
-    bool_param,
-    float_param,
-    int_param,
-    item_inputs,
-    parameters_dict,
-    type_name,
-)
+from server.core.tasks.common import check_rows, item_inputs, min_advance, window_count
+from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
 
-PARAMETERS = (
-    "top_k",
-    "doc_stride",
-    "max_answer_len",
-    "max_seq_len",
-    "max_question_len",
-    "handle_impossible_answer",
-    "align_to_words",
-    "null_score_diff_threshold",
+# Each answer is a span the decoder walks for every window: a bound keeps that work small.
+MAX_TOP_K = 100
+MAX_LENGTH_PARAMETER = 4096
+PARAMETERS = ParamTable(
+    Int("top_k", "answers to return (default 1)", minimum=1, maximum=MAX_TOP_K),
+    Int(
+        "doc_stride",
+        "context tokens shared by consecutive windows (default min(max_seq_len // 2, 128))",
+        minimum=0,
+        maximum=MAX_LENGTH_PARAMETER,
+    ),
+    Int("max_answer_len", "longest answer, in tokens (default 15)", minimum=1, maximum=MAX_LENGTH_PARAMETER),
+    Int(
+        "max_seq_len",
+        "tokens per window, question included (default min(384, the model's)); at most the model's",
+        minimum=5,
+        maximum=MAX_LENGTH_PARAMETER,
+    ),
+    Int("max_question_len", "accepted and ignored, as in the pipeline", minimum=1, maximum=MAX_LENGTH_PARAMETER),
+    Bool("handle_impossible_answer", "also rank the empty answer (default false)"),
+    Bool("align_to_words", "widen answers to whole words (default true)"),
+    Float(
+        "null_score_diff_threshold",
+        "SQuAD 2.0 rule: answer '' when null - best span logit > this (default null: off)",
+        minimum=-1e4,
+        maximum=1e4,
+    ),
 )
 DEFAULT_MAX_SEQ_LEN = 384
 DEFAULT_MAX_DOC_STRIDE = 128
@@ -77,14 +94,16 @@ Item = tuple[str, str]
 
 @dataclass(frozen=True, slots=True)
 class QaParams:
-    top_k: int = 1
-    doc_stride: int = DEFAULT_MAX_DOC_STRIDE
-    max_answer_len: int = 15
-    max_seq_len: int = DEFAULT_MAX_SEQ_LEN
-    max_question_len: int = 64
-    handle_impossible_answer: bool = False
-    align_to_words: bool = True
-    null_score_diff_threshold: float | None = None
+    """Resolved parameters (defaults: `resolve_params`)."""
+
+    top_k: int
+    doc_stride: int
+    max_answer_len: int
+    max_seq_len: int
+    max_question_len: int
+    handle_impossible_answer: bool
+    align_to_words: bool
+    null_score_diff_threshold: float | None
 
 
 @dataclass(slots=True)
@@ -96,14 +115,14 @@ class QaState:
     p_masks: list[np.ndarray]  # bool [L]: True where a token cannot be part of an answer
 
 
-def _text(item: dict[str, Any], key: str, where: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise invalid(f"{where}.{key} must be a string, got {type_name(value)}")
-    if not value:
-        # The pipeline refuses empty questions and contexts alike.
-        raise invalid(f"{where}.{key} must not be empty")
-    return value
+def item(question: Any, context: Any, where: str) -> Item:
+    """One QA input, from any protocol's fields. The pipeline refuses empty questions and contexts."""
+    for key, value in (("question", question), ("context", context)):
+        if not isinstance(value, str):
+            raise invalid(f"{where}.{key} must be a string, got {type_name(value)}")
+        if not value:
+            raise invalid(f"{where}.{key} must not be empty")
+    return question, context
 
 
 def _item(value: Any, where: str) -> Item:
@@ -112,67 +131,79 @@ def _item(value: Any, where: str) -> Item:
     unknown = sorted(str(k) for k in value if k not in ("question", "context"))
     if unknown:
         raise invalid(f"{where} has unknown key(s) {', '.join(unknown)}; expected question and context")
-    return _text(value, "question", where), _text(value, "context", where)
+    return item(value.get("question"), value.get("context"), where)
 
 
-def parse_params(parameters: Any, manifest: Manifest) -> QaParams:
-    # null means "the default" for every parameter, as the pipeline's None does.
-    given = {k: v for k, v in parameters_dict(parameters, PARAMETERS).items() if v is not None}
+def resolve_params(given: Mapping[str, Any], manifest: Manifest) -> QaParams:
+    """Every default in one place; null means "the default" for every parameter, as the pipeline's None."""
 
-    def integer(name: str, default: int, minimum: int, maximum: int | None = None) -> int:
-        return default if name not in given else int_param(name, given[name], minimum=minimum, maximum=maximum)
+    def value(name: str, default: Any) -> Any:
+        chosen = given.get(name)
+        return default if chosen is None else chosen
 
-    def boolean(name: str, default: bool) -> bool:
-        return default if name not in given else bool_param(name, given[name])
-
-    max_seq_len = integer(
-        "max_seq_len", min(DEFAULT_MAX_SEQ_LEN, manifest.max_seq_len), MIN_SEQ_LEN, manifest.max_seq_len
-    )
-    doc_stride = integer("doc_stride", min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE), 0)
+    max_seq_len = value("max_seq_len", min(DEFAULT_MAX_SEQ_LEN, manifest.max_seq_len))
+    if max_seq_len > manifest.max_seq_len:
+        raise bad_request(
+            f"parameter max_seq_len must be between {MIN_SEQ_LEN} and {manifest.max_seq_len}, got {max_seq_len}"
+        )
+    doc_stride = value("doc_stride", min(max_seq_len // 2, DEFAULT_MAX_DOC_STRIDE))
     if doc_stride > max_seq_len:
         raise bad_request(f"parameter doc_stride ({doc_stride}) is larger than max_seq_len ({max_seq_len})")
-    threshold = given.get("null_score_diff_threshold")
     return QaParams(
-        top_k=integer("top_k", 1, 1),
+        top_k=value("top_k", 1),
         doc_stride=doc_stride,
-        max_answer_len=integer("max_answer_len", 15, 1),
+        max_answer_len=value("max_answer_len", 15),
         max_seq_len=max_seq_len,
-        max_question_len=integer("max_question_len", 64, 1),
-        handle_impossible_answer=boolean("handle_impossible_answer", False),
-        align_to_words=boolean("align_to_words", True),
-        null_score_diff_threshold=(
-            None
-            if threshold is None
-            else float_param("null_score_diff_threshold", threshold, minimum=-math.inf, maximum=math.inf)
-        ),
+        max_question_len=value("max_question_len", 64),
+        handle_impossible_answer=value("handle_impossible_answer", False),
+        align_to_words=value("align_to_words", True),
+        null_score_diff_threshold=given.get("null_score_diff_threshold"),
     )
 
 
-def _check_room(tokenizer: Tokenizer, items: list[Item], params: QaParams) -> None:
-    """Refuse, with a clear message, the items whose windows could not advance.
+def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, max_rows: int | None) -> None:
+    """Refuse, with a clear message and before any window is built, the items whose windows could not
+    advance (or would barely advance), and requests that would need more than `max_rows` windows.
 
     Each window holds max_seq_len - specials - question tokens of context; consecutive windows
-    share doc_stride of them. When that room is not larger than doc_stride and the context
-    does not fit in one window, the Rust tokenizer fails (or panics): say why instead."""
+    share doc_stride of them. When that room is not larger than doc_stride and the context does
+    not fit in one window, the Rust tokenizer fails (or panics): say why instead. A WordPiece token
+    covers at least one character, so a context's characters bound its tokens: contexts are only
+    tokenized here when that bound is not enough to decide."""
     specials = tokenizer.num_special_tokens_to_add(True)
     tokenizer.no_truncation()
     questions = tokenizer.encode_batch([q for q, _ in items], add_special_tokens=False)
     rooms = [params.max_seq_len - specials - len(q) for q in questions]
-    tight = [i for i, room in enumerate(rooms) if room <= params.doc_stride]
-    if not tight:
-        return
-    contexts = tokenizer.encode_batch([items[i][1] for i in tight], add_special_tokens=False)
-    for i, context in zip(tight, contexts, strict=True):
-        if len(context) <= rooms[i]:
-            continue  # fits in one window: nothing to stride over
-        where = "input" if len(items) == 1 else f"inputs[{i}]"
-        raise invalid(
-            f"{where}.question is {len(questions[i])} tokens long, which leaves {max(rooms[i], 0)} "
-            f"tokens for the context in a window of max_seq_len={params.max_seq_len} "
-            f"({specials} special tokens), not more than doc_stride={params.doc_stride}, so the "
-            "context cannot be split into windows; shorten the question, raise max_seq_len or "
-            "lower doc_stride"
-        )
+    steps = [room - params.doc_stride for room in rooms]
+    maybe_long = [i for i, room in enumerate(rooms) if len(items[i][1]) > room]
+    tight = {i for i in maybe_long if rooms[i] <= 0 or steps[i] < min_advance(rooms[i])}
+    bound = (
+        len(items)
+        - len(maybe_long)
+        + sum(window_count(len(items[i][1]), rooms[i], steps[i]) for i in maybe_long if i not in tight)
+    )
+    counted = [i for i in maybe_long if i in tight or (max_rows is not None and bound + len(tight) > max_rows)]
+    contexts = tokenizer.encode_batch([items[i][1] for i in counted], add_special_tokens=False)
+    lengths = {i: len(context) for i, context in zip(counted, contexts, strict=True)}
+    windows = 0
+    for i, room in enumerate(rooms):
+        if i not in lengths:
+            windows += 1 if i not in maybe_long else window_count(len(items[i][1]), room, steps[i])
+        elif lengths[i] <= room:
+            windows += 1  # fits in one window: nothing to stride over
+        elif i in tight:
+            where = "input" if len(items) == 1 else f"inputs[{i}]"
+            raise invalid(
+                f"{where}.question is {len(questions[i])} tokens long, which leaves {max(room, 0)} "
+                f"tokens for the context in a window of max_seq_len={params.max_seq_len} "
+                f"({specials} special tokens); with doc_stride={params.doc_stride} the windows would "
+                f"advance by {max(steps[i], 0)} tokens, fewer than the {min_advance(max(room, 1))} "
+                "required, so the context cannot be split into windows; shorten the question, "
+                "raise max_seq_len or lower doc_stride"
+            )
+        else:
+            windows += window_count(lengths[i], room, steps[i])
+    check_rows(windows, max_rows)
 
 
 def _p_mask(encoding: Encoding, cls_id: int | None) -> np.ndarray:
@@ -193,18 +224,17 @@ def _row(encoding: Encoding) -> Row:
 
 class QaTask(TaskHandler):
     task: ClassVar[str] = "qa"
+    parameters: ClassVar[ParamTable] = PARAMETERS
 
-    def parse(
-        self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
-    ) -> tuple[list[Item], QaParams, bool]:
-        items, is_list = item_inputs(inputs, _item)
-        return items, parse_params(parameters, manifest), is_list
+    def items_from_json(self, inputs: Any) -> tuple[list[Item], bool]:
+        return item_inputs(inputs, _item)
 
-    def default_params(self, manifest: Manifest) -> QaParams:
-        # The base class parses `[""]`, which is no QA input.
-        return parse_params(None, manifest)
+    def resolve(self, given: Mapping[str, Any], manifest: Manifest) -> QaParams:
+        return resolve_params(given, manifest)
 
-    def encode(self, tokenizer: Tokenizer, items: list[Item], params: QaParams, manifest: Manifest) -> list[Encoded]:
+    def encode(
+        self, tokenizer: Tokenizer, items: list[Item], params: QaParams, manifest: Manifest, max_rows: int | None = None
+    ) -> list[Encoded]:
         tokenizer.no_padding()
         single_specials = tokenizer.num_special_tokens_to_add(False)
         if params.doc_stride > params.max_seq_len - single_specials:
@@ -213,7 +243,7 @@ class QaTask(TaskHandler):
                 f"parameter doc_stride ({params.doc_stride}) must be at most max_seq_len minus "
                 f"{single_specials} special tokens ({params.max_seq_len - single_specials})"
             )
-        _check_room(tokenizer, items, params)
+        _check_windows(tokenizer, items, params, max_rows)
         tokenizer.enable_truncation(
             max_length=params.max_seq_len, stride=params.doc_stride, strategy="only_second", direction="right"
         )
@@ -226,7 +256,13 @@ class QaTask(TaskHandler):
             encoded.append(Encoded(rows=[_row(w) for w in windows], state=state))
         return encoded
 
-    def decode(self, encoded: Encoded, outputs: list[RowOutputs], params: QaParams, manifest: Manifest) -> Any:
+    def pipeline_json(self, value: list[dict[str, Any]]) -> Any:
+        # The pipeline answers one object when exactly one answer remains, else the list.
+        return value[0] if len(value) == 1 else value
+
+    def decode(
+        self, encoded: Encoded, outputs: list[RowOutputs], params: QaParams, manifest: Manifest
+    ) -> list[dict[str, Any]]:
         state: QaState = encoded.state
         threshold = params.null_score_diff_threshold
         # Aligning to words merges some candidates, so the pipeline looks further down the list.
@@ -266,5 +302,4 @@ class QaTask(TaskHandler):
             ranked = sorted(answers, key=lambda a: a["score"], reverse=True)
             if null_logit - best_logit > threshold:
                 ranked.insert(0, null_answer)
-        ranked = ranked[: params.top_k]
-        return ranked[0] if len(ranked) == 1 else ranked
+        return ranked[: params.top_k]

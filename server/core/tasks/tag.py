@@ -10,41 +10,49 @@ encoding.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from server.core.errors import bad_request
 from server.core.manifest import Manifest
 from server.core.rows import RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
 from server.core.tasks.common import (
-    choice_param,
     content_length,
     encode_windows,
-    int_param,
     label_names,
     max_context_owners,
-    parameters_dict,
     row_of,
     softmax,
     text_inputs,
     text_positions,
-    type_name,
     window_starts,
 )
+from server.core.tasks.params import Choice, Int, Labels, ParamTable, pick
 
 STRATEGIES = ("none", "simple", "first", "average", "max")
-PARAMETERS = ("aggregation_strategy", "ignore_labels", "stride")
+PARAMETERS = ParamTable(
+    Choice("aggregation_strategy", "how tokens are grouped into entities (default simple)", choices=STRATEGIES),
+    Labels("ignore_labels", 'labels left out of the result (default ["O"])'),
+    Int(
+        "stride",
+        "tokens shared by consecutive windows of a long text (default: a quarter of the model's length)",
+        minimum=0,
+        maximum=4096,
+    ),
+)
 
 
 @dataclass(frozen=True, slots=True)
 class TagParams:
-    aggregation_strategy: str = "simple"
-    ignore_labels: tuple[str, ...] = ("O",)
-    stride: int | None = None
+    """Resolved parameters (defaults: `TagTask.resolve`)."""
+
+    aggregation_strategy: str
+    ignore_labels: tuple[str, ...]
+    stride: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +90,28 @@ class TagState:
 class TagTask(TaskHandler):
     task: ClassVar[str] = "tag"
 
-    def parse(
-        self, inputs: Any, parameters: dict[str, Any] | None, manifest: Manifest
-    ) -> tuple[list[str], TagParams, bool]:
-        texts, is_list = text_inputs(inputs)
-        given = parameters_dict(parameters, PARAMETERS)
-        strategy = given.get("aggregation_strategy")
-        strategy = "simple" if strategy is None else choice_param("aggregation_strategy", strategy, STRATEGIES)
-        ignore = given.get("ignore_labels")
-        if ignore is None:
-            ignore = ["O"]
-        elif not isinstance(ignore, list) or not all(isinstance(label, str) for label in ignore):
-            raise bad_request(f"parameter ignore_labels must be a list of strings, got {type_name(ignore)}")
-        stride = given.get("stride")
-        if stride is not None:
-            stride = int_param("stride", stride, minimum=0)
-        return texts, TagParams(strategy, tuple(ignore), stride), is_list
+    parameters: ClassVar[ParamTable] = PARAMETERS
 
-    def encode(self, tokenizer: Tokenizer, items: list[str], params: TagParams, manifest: Manifest) -> list[Encoded]:
-        # A text that fits gives one window whatever the stride: the stride only matters past the end.
-        stride = params.stride if params.stride is not None else manifest.max_seq_len // 4
+    def items_from_json(self, inputs: Any) -> tuple[list[str], bool]:
+        return text_inputs(inputs)
+
+    def resolve(self, given: Mapping[str, Any], manifest: Manifest) -> TagParams:
+        return TagParams(
+            aggregation_strategy=pick(given, "aggregation_strategy", "simple"),
+            ignore_labels=pick(given, "ignore_labels", ("O",)),
+            # A text that fits gives one window whatever the stride: it only matters past the end.
+            stride=pick(given, "stride", manifest.max_seq_len // 4),
+        )
+
+    def encode(
+        self, tokenizer: Tokenizer, items: list[str], params: TagParams, manifest: Manifest, max_rows: int | None = None
+    ) -> list[Encoded]:
+        stride = params.stride
         step = content_length(tokenizer, manifest.max_seq_len) - stride
         vocab = _Vocab(tokenizer)
         encoded = []
-        for text, windows in zip(items, encode_windows(tokenizer, items, manifest.max_seq_len, stride), strict=True):
+        all_windows = encode_windows(tokenizer, items, manifest.max_seq_len, stride, max_rows)
+        for text, windows in zip(items, all_windows, strict=True):
             state = TagState(
                 text=text,
                 windows=[Window(w.ids, w.tokens, w.offsets, text_positions(w)) for w in windows],

@@ -1,9 +1,9 @@
-"""Per-model cumulative statistics in Triton's shape (ModelStatistics, /v2/models/{name}/stats).
+"""Per-model-version cumulative statistics in Triton's shape (ModelStatistics, /v2/models/{name}/stats).
 
-perf_analyzer reads them before and after each measurement and stops when they fail. Fed by every
-inference protocol (REST /v1 and the Hugging Face route, the typed gRPC service, KServe v2 over
-HTTP and gRPC) through `record_success` / `record_failure`; `execution_count` comes from the
-batcher's own metric, so it counts every model run whatever protocol asked for it. Stage times
+perf_analyzer reads them before and after each measurement and stops when they fail. Fed by the
+service's request wrapper, so every inference protocol counts (REST /v1 and the Hugging Face
+route, the typed gRPC service, KServe v2 over HTTP and gRPC); `execution_count` is the batcher's
+own count of model runs, whatever protocol asked for them. Stage times
 map as: compute_input = tokenization, queue = waiting in the batcher, compute_infer = the model
 runs, compute_output = decoding. `batch_stats` are keyed by the request's row count: the batcher
 mixes rows of many requests, so a request has no model batch of its own.
@@ -12,11 +12,11 @@ mixes rows of many requests, so a request has no model batch of its own.
 from __future__ import annotations
 
 import time
-import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.core.service import InferenceService, Timings
+from server.core.timings import Timings
 
 NS = 1_000_000_000
 
@@ -61,15 +61,17 @@ def _stages(timings: Timings) -> tuple[float, float, float]:
 
 
 class ModelStats:
-    def __init__(self, service: InferenceService) -> None:
-        self._service = service
-        self._models: dict[str, ModelCounters] = {}
+    """Counters per (model, version); `executions(model, version)` reads the batcher's run count."""
 
-    def _of(self, model: str) -> ModelCounters:
-        return self._models.setdefault(model, ModelCounters())
+    def __init__(self, executions: Callable[[str, str], int]) -> None:
+        self._executions = executions
+        self._models: dict[tuple[str, str], ModelCounters] = {}
 
-    def record_success(self, model: str, batch_size: int, timings: Timings) -> None:
-        counters = self._of(model)
+    def _of(self, model: str, version: str) -> ModelCounters:
+        return self._models.setdefault((model, version), ModelCounters())
+
+    def record_success(self, model: str, version: str, batch_size: int, timings: Timings) -> None:
+        counters = self._of(model, version)
         compute_input, compute_infer, compute_output = _stages(timings)
         counters.success.add(timings.total_s)
         counters.queue.add(timings.queue_s)
@@ -83,23 +85,23 @@ class ModelStats:
         batch.compute_infer.add(compute_infer)
         batch.compute_output.add(compute_output)
 
-    def record_failure(self, model: str, seconds: float) -> None:
-        if model in self._service.models:  # unknown names must not grow the table
-            self._of(model).fail.add(seconds)
+    def record_failure(self, model: str, version: str, seconds: float) -> None:
+        self._of(model, version).fail.add(seconds)
 
-    def _executions(self, model: str) -> int:
-        count = self._service.metrics.registry.get_sample_value("electra_batch_size_count", {"model": model})
-        return int(count or 0)
+    def forget(self, model: str) -> None:
+        """An unloaded model's counters go with it."""
+        for key in [k for k in self._models if k[0] == model]:
+            del self._models[key]
 
     def model_stats(self, model: str, version: str) -> dict[str, Any]:
-        """One model's statistics as Triton's JSON (and, field for field, its protobuf message)."""
-        c = self._models.get(model) or ModelCounters()
+        """One model version's statistics as Triton's JSON (and, field for field, its protobuf message)."""
+        c = self._models.get((model, version)) or ModelCounters()
         return {
             "name": model,
             "version": version,
             "last_inference": c.last_inference_ms,
             "inference_count": c.inference_count,
-            "execution_count": self._executions(model),
+            "execution_count": self._executions(model, version),
             "inference_stats": {
                 "success": c.success.as_dict(),
                 "fail": c.fail.as_dict(),
@@ -121,14 +123,3 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
-
-
-_BY_SERVICE: weakref.WeakKeyDictionary[InferenceService, ModelStats] = weakref.WeakKeyDictionary()
-
-
-def stats_of(service: InferenceService) -> ModelStats:
-    """The one statistics table of a service (shared by every protocol of the server)."""
-    stats = _BY_SERVICE.get(service)
-    if stats is None:
-        stats = _BY_SERVICE[service] = ModelStats(service)
-    return stats

@@ -1,0 +1,374 @@
+"""The model owner: every loaded version of every model, their states, and the operations that
+change them (load, unload, reload, poll). Requests resolve a model here and hold a lease on the
+version they got; nothing else keeps a reference to a loaded version.
+
+All state changes happen on the event loop (loading itself runs in a thread and hands back a
+finished `ModelVersion`), so readers never see a table that changes under them. Operations on one
+model are serialized by its lock; different models load independently.
+
+A (re)load is atomic for clients: the new version loads and warms beside the old one, then
+traffic moves to it, then the old one drains the requests it accepted and is released. A load
+that fails leaves what was serving as it was and records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.core.errors import ErrorKind, ModelLoadError, ServeError, not_loaded
+from server.core.heap import release_free_heap
+from server.core.loader import ModelLoader
+from server.core.model import ModelVersion, State
+from server.core.repository import ModelSource, RepositoryModel, VersionPolicy, scan
+
+log = logging.getLogger("electra.registry")
+
+
+@dataclass
+class VersionStatus:
+    state: State
+    reason: str = ""
+
+
+class ModelSlot:
+    """One model name: its loaded versions and the state of every version it has had."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.loaded: dict[str, ModelVersion] = {}
+        self.status: dict[str, VersionStatus] = {}
+        # Versions that failed to load, with the stamp of what failed: polling does not try an
+        # unchanged broken version again and again (an explicit load does).
+        self.failed: dict[str, tuple[int, int]] = {}
+        self.lock = asyncio.Lock()
+
+    def serving(self) -> ModelVersion | None:
+        """The version a request without a version gets: the newest ready one."""
+        ready = [v for v in self.loaded.values() if v.ready]
+        return max(ready, key=lambda v: int(v.version)) if ready else None
+
+    @property
+    def ready(self) -> bool:
+        return self.serving() is not None
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        loader: ModelLoader,
+        repository: Path,
+        *,
+        default_policy: VersionPolicy | None = None,
+        unload_timeout_s: float = 30.0,
+        on_ready: Callable[[str, bool], None] | None = None,
+        on_removed: Callable[[str], None] | None = None,
+    ) -> None:
+        self.loader = loader
+        self.repository = Path(repository)
+        self.default_policy = default_policy or VersionPolicy()
+        self.unload_timeout_s = unload_timeout_s
+        self.slots: dict[str, ModelSlot] = {}
+        self._on_ready = on_ready
+        self._on_removed = on_removed
+        self._listeners: list[Callable[[], None]] = []
+        self.stopping = False
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Called (on the event loop) after every change of a model's state."""
+        self._listeners.append(listener)
+
+    def _changed(self, name: str) -> None:
+        slot = self.slots.get(name)
+        if self._on_ready is not None and slot is not None:
+            self._on_ready(name, slot.ready)
+        for listener in list(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a registry listener failed")
+
+    def versions(self) -> Iterator[ModelVersion]:
+        """Every loaded version (ready or draining)."""
+        for slot in list(self.slots.values()):
+            yield from list(slot.loaded.values())
+
+    def serving(self) -> list[ModelVersion]:
+        """The version each model serves by default, by name."""
+        return [v for slot in sorted(self.slots.values(), key=lambda s: s.name) if (v := slot.serving())]
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        slot = self.slots.get(name)
+        if slot is None:
+            return False
+        if not version:
+            return slot.ready
+        loaded = slot.loaded.get(version)
+        return bool(loaded and loaded.ready)
+
+    @property
+    def all_ready(self) -> bool:
+        """Some model serves, and every model with a loaded version serves (a model that is loading
+        for the first time, failed, or was unloaded does not make the server unready)."""
+        loaded = [slot for slot in self.slots.values() if slot.loaded]
+        return bool(loaded) and all(slot.ready for slot in loaded)
+
+    def resolve(self, task: str | None, name: str | None, version: str | None = None) -> ModelVersion:
+        """The version a request names (or the newest ready one), or the only model serving its task."""
+        if name is not None:
+            if not isinstance(name, str):
+                raise ServeError(ErrorKind.BAD_REQUEST, "model must be a string")
+            slot = self.slots.get(name)
+            if slot is None:
+                raise not_loaded(name)
+            found = slot.loaded.get(version) if version else slot.serving()
+            if found is None or not found.ready:
+                raise self._unavailable(slot, version)
+            if task is not None and found.manifest.task != task:
+                raise ServeError(ErrorKind.BAD_REQUEST, f"model '{name}' serves {found.manifest.task}, not {task}")
+            return found
+        candidates = [v for v in self.serving() if v.manifest.task == task]
+        if len(candidates) == 1:
+            return candidates[0]
+        if not candidates:
+            raise ServeError(ErrorKind.NOT_FOUND, f"no loaded model serves {task}")
+        names = ", ".join(v.name for v in candidates)
+        raise ServeError(ErrorKind.BAD_REQUEST, f"several models serve {task} ({names}): name one with 'model'")
+
+    @staticmethod
+    def _unavailable(slot: ModelSlot, version: str | None) -> ServeError:
+        """Why a model that has a slot cannot take this request: 503 while it is loading or its loaded
+        version is unhealthy (worth a retry), 404 when nothing of it is (or will soon be) loaded."""
+        loading = (slot.status.get(version) if version else None) or next(
+            (s for s in slot.status.values() if s.state is State.LOADING), None
+        )
+        if loading is not None and loading.state is State.LOADING:
+            what = f"model '{slot.name}'" + (f" version {version}" if version else "")
+            return ServeError(ErrorKind.UNAVAILABLE, f"{what} is still loading", retry_after_s=1.0)
+        serving = [v for v in slot.loaded.values() if not v.retiring and (not version or v.version == version)]
+        if serving:
+            return ServeError(
+                ErrorKind.UNAVAILABLE, f"model '{slot.name}' is not ready (its model runs fail)", retry_after_s=1.0
+            )
+        return not_loaded(slot.name, version)
+
+    def index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: every model of the repository and every version the server
+        knows, with its state and, when it is not ready, why."""
+        entries: dict[tuple[str, str], dict[str, str]] = {}
+        for name, model in scan(self.repository, self.default_policy).items():
+            for problem in model.problems:
+                entries[(name, "")] = {"name": name, "version": "", "state": State.UNAVAILABLE.value, "reason": problem}
+            selected = {s.version for s in model.selected()}
+            for version in map(str, model.versions):
+                entries[(name, version)] = {
+                    "name": name,
+                    "version": version,
+                    "state": State.UNAVAILABLE.value,
+                    "reason": "not loaded" if version in selected else "not selected by the version policy",
+                }
+        for name, slot in self.slots.items():
+            for version, status in slot.status.items():
+                entries[(name, version)] = {
+                    "name": name,
+                    "version": version,
+                    "state": status.state.value,
+                    "reason": status.reason,
+                }
+        listed = sorted(entries.values(), key=lambda e: (e["name"], int(e["version"] or 0)))
+        return [e for e in listed if e["state"] == State.READY.value] if ready_only else listed
+
+    # -- changing --------------------------------------------------------------------------
+
+    def scan(self) -> dict[str, RepositoryModel]:
+        return scan(self.repository, self.default_policy)
+
+    async def load(self, name: str, *, retry_failed: bool = True) -> list[str]:
+        """(Re)load a model as the repository holds it now: the versions its policy selects load (and
+        warm) beside whatever serves; once all of them serve, traffic moves to them and versions no
+        longer selected drain and go. Returns the versions that serve afterwards.
+
+        A version that fails to load is recorded (UNAVAILABLE, with the reason) and nothing else
+        changes: what served before keeps serving; the failure raises ModelLoadError, which says so."""
+        if self.stopping:
+            raise ServeError(ErrorKind.UNAVAILABLE, "server is shutting down")
+        slot = self.slots.get(name) or self.slots.setdefault(name, ModelSlot(name))
+        async with slot.lock:
+            model = self.scan().get(name)
+            if model is None:
+                raise self._failed(slot, f"model '{name}' is not in the repository {self.repository}")
+            if model.problems:
+                raise self._failed(slot, "; ".join(model.problems))
+            wanted = model.selected()
+            if not wanted:
+                raise self._failed(
+                    slot,
+                    f"model '{name}': its version policy selects none of the versions on disk "
+                    f"({', '.join(map(str, sorted(model.versions))) or 'none'})",
+                )
+            slot.status.pop("", None)  # a model-level problem of an earlier attempt
+            failures = await self._load_versions(slot, [s for s in wanted if self._needs_load(slot, s, retry_failed)])
+            if not failures:
+                selected = {s.version for s in wanted}
+                await self._retire(slot, [v for v in slot.loaded.values() if v.version not in selected])
+                for version in [v for v in slot.status if v not in slot.loaded]:
+                    del slot.status[version]
+            self._changed(name)
+            if failures:
+                serving = f" (versions {', '.join(sorted(slot.loaded, key=int))} still serve)" if slot.loaded else ""
+                raise ModelLoadError("; ".join(f"version {v}: {why}" for v, why in failures.items()) + serving)
+            return sorted(slot.loaded, key=int)
+
+    def _failed(self, slot: ModelSlot, reason: str) -> ModelLoadError:
+        """Record a load that could not even start (nothing changes in what serves)."""
+        if not slot.loaded:
+            slot.status = {"": VersionStatus(State.UNAVAILABLE, reason)}
+        self._changed(slot.name)
+        return ModelLoadError(reason)
+
+    @staticmethod
+    def _needs_load(slot: ModelSlot, source: ModelSource, retry_failed: bool = True) -> bool:
+        stamp = _stamp(source.path)
+        current = slot.loaded.get(source.version)
+        if current is not None and not current.retiring:
+            # The same version rewritten in place (a re-export renames a new directory in): load it again.
+            return current.path.resolve() != source.path.resolve() or stamp != current.manifest_stamp
+        return retry_failed or slot.failed.get(source.version) != stamp
+
+    async def _load_versions(self, slot: ModelSlot, sources: list[ModelSource]) -> dict[str, str]:
+        failures: dict[str, str] = {}
+        for source in sources:
+            if self.stopping:
+                break
+            slot.status[source.version] = VersionStatus(State.LOADING)
+            self._changed(slot.name)
+            try:
+                loaded = await asyncio.to_thread(self.loader.load, source)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                log.error("model %s version %s failed to load: %s", slot.name, source.version, reason)
+                failures[source.version] = reason
+                slot.failed[source.version] = _stamp(source.path)
+                old = slot.loaded.get(source.version)
+                slot.status[source.version] = VersionStatus(
+                    State.READY if old is not None and old.ready else State.UNAVAILABLE,
+                    reason if old is None else f"a new copy failed to load, the previous one serves: {reason}",
+                )
+                continue
+            loaded.manifest_stamp = _stamp(source.path)
+            slot.failed.pop(source.version, None)
+            loaded.batcher.start()
+            previous = slot.loaded.get(source.version)
+            slot.loaded[source.version] = loaded
+            slot.status[source.version] = VersionStatus(State.READY)
+            if previous is not None:
+                await self._retire(slot, [previous], keep_status=True)
+            self._changed(slot.name)
+        return failures
+
+    async def unload(self, name: str) -> None:
+        """Stop serving every version of a model: new requests get 404 at once, accepted ones are
+        answered (bounded by the unload timeout), then the memory is released."""
+        slot = self.slots.get(name)
+        if slot is None:
+            raise not_loaded(name)
+        async with slot.lock:
+            await self._retire(slot, list(slot.loaded.values()))
+            slot.status = {v: VersionStatus(State.UNAVAILABLE, "unloaded") for v in slot.status if v}
+            self._changed(name)
+            if self._on_removed is not None:
+                self._on_removed(name)
+
+    async def _retire(self, slot: ModelSlot, versions: list[ModelVersion], keep_status: bool = False) -> None:
+        """Take versions out of service, drain them, release them."""
+        if not versions:
+            return
+        for version in versions:
+            version.retiring = True
+            if not keep_status and version.version in slot.status:
+                slot.status[version.version] = VersionStatus(State.UNLOADING)
+        self._changed(slot.name)
+        await asyncio.gather(*(self._release(slot, v) for v in versions))
+        gc.collect()
+        # Model runs free their activations; give the heap's free pages back now, not at the next idle trim.
+        await asyncio.to_thread(release_free_heap)
+
+    async def _release(self, slot: ModelSlot, version: ModelVersion) -> None:
+        if not await version.wait_released(self.unload_timeout_s):
+            log.warning(
+                "model %s version %s: %d requests still held it after %.0fs; stopping it anyway",
+                slot.name,
+                version.version,
+                version.leases,
+                self.unload_timeout_s,
+            )
+        await version.batcher.stop(drain_timeout_s=self.unload_timeout_s)
+        version.runtime.close()
+        if slot.loaded.get(version.version) is version:
+            del slot.loaded[version.version]
+        self.loader.forget_unused_tokenizers([v.tokenizers for v in self.versions() if v is not version])
+        log.info("model %s version %s released", slot.name, version.version)
+
+    async def load_all(self, names: list[str] | None = None) -> None:
+        """Start-up: load the named models (all of the repository's when None), one after another;
+        any failure raises (a server must not start with less than it was asked to serve)."""
+        available = self.scan()
+        wanted = names if names is not None else sorted(available)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ServeError(ErrorKind.NOT_FOUND, f"models not in {self.repository}: {', '.join(missing)}")
+        if not wanted and names is None:
+            raise ServeError(ErrorKind.NOT_FOUND, f"no models in {self.repository}")
+        for name in wanted:
+            if self.stopping:
+                return
+            await self.load(name)
+
+    async def poll(self) -> None:
+        """Poll mode: load what is new or changed in the repository, unload what left it."""
+        available = self.scan()
+        for name in sorted(n for n, slot in self.slots.items() if slot.loaded and n not in available):
+            with contextlib.suppress(ServeError):
+                await self.unload(name)
+        for name, model in sorted(available.items()):
+            slot = self.slots.get(name)
+            if slot is not None and not self._changed_on_disk(slot, model):
+                continue
+            try:
+                await self.load(name, retry_failed=False)
+            except (ModelLoadError, ServeError) as exc:
+                log.error("poll: model %s: %s", name, exc)
+
+    def _changed_on_disk(self, slot: ModelSlot, model: RepositoryModel) -> bool:
+        if model.problems:
+            return slot.status.get("", VersionStatus(State.READY)).reason != "; ".join(model.problems)
+        wanted = model.selected()
+        if any(self._needs_load(slot, s, retry_failed=False) for s in wanted):
+            return True
+        failed = [s for s in wanted if s.version in slot.failed]
+        # Loaded versions the policy no longer selects go, unless a selected one is broken (then
+        # what serves keeps serving).
+        return not failed and bool(set(slot.loaded) - {s.version for s in wanted})
+
+    async def stop(self, timeout_s: float) -> None:
+        """Shutdown: every batcher finishes what it accepted (bounded), then stops."""
+        self.stopping = True
+        await asyncio.gather(
+            *(v.batcher.stop(drain_timeout_s=timeout_s) for v in self.versions()), return_exceptions=True
+        )
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What changes when a version directory is replaced (a re-export renames a new one in)."""
+    try:
+        stat = (path / "manifest.json").stat()
+    except OSError:
+        return (0, 0)
+    return (stat.st_ino, stat.st_mtime_ns)
