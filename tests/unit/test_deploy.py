@@ -1,24 +1,32 @@
-"""Static checks of the Dockerfile, .dockerignore and deploy/ (kustomize, compose, Prometheus, Grafana).
+"""Static checks of the Dockerfile, .dockerignore and deploy/ (kustomize, compose, Prometheus, Grafana,
+KServe).
 
 No Docker engine or cluster is needed: files are parsed and cross-checked against each other and
-against the public contract (flags, ports, probe paths, metric names). When `kubectl` is on the
+against the public contract (flags, ports, probe paths, metric names). The KServe objects are
+validated against KServe's own CRD schemas, vendored in tests/data/kserve. When `kubectl` is on the
 PATH the overlays are also rendered with `kubectl kustomize` and the rendered objects are checked;
 without it those tests are skipped, and say so.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -34,10 +42,21 @@ PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
 DASHBOARD = DEPLOY / "dashboards" / "electra-serve.json"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
+KSERVE = DEPLOY / "kserve"
+KSERVE_CRDS = ROOT / "tests" / "data" / "kserve"
+TLS = COMPONENTS / "tls"
+MTLS = COMPONENTS / "mtls"
+API_KEYS = COMPONENTS / "api-keys"
+# YAML in deploy/ that no kustomization lists, on purpose (applied on its own, see its comment).
+UNLISTED = {COMPONENTS / "model-pvc" / "export-job.yaml"}
 
 HTTP_PORT = 8000
 GRPC_PORT = 8001
 SERVER_CONTAINER = "electra-serve"
+# KServe merges an InferenceService's predictor.model into the runtime container of this name.
+KSERVE_CONTAINER = "kserve-container"
+# Kubernetes' terminationGracePeriodSeconds when a pod sets none (KServe's objects leave it unset).
+DEFAULT_GRACE_S = 30
 
 # CONTRACT.md §1: every electra-serve flag, and its ELECTRA_<FLAG_IN_CAPS> twin.
 CONTRACT_FLAGS = (
@@ -56,7 +75,22 @@ CONTRACT_FLAGS = (
 )
 # Server flags beyond the contract that the deployments tune; checked against `electra-serve --help`.
 EXTRA_FLAGS = ("intra-op-threads",)
-CONTRACT_ENV = {"ELECTRA_" + f.upper().replace("-", "_"): f for f in CONTRACT_FLAGS + EXTRA_FLAGS}
+# CONTRACT.md §6: the flags the open issues add (security, model lifecycle, front end), the names
+# fixed by the contract. deploy/ sets some of them already (TLS, API keys, poll mode); each is
+# checked against `electra-serve --help` on its own (test_cli_knows_the_contract_s6_flags), which
+# fails until the server side of those issues has landed.
+CONTRACT_S6_FLAGS = (
+    "api-keys-file",
+    "tls-cert",
+    "tls-key",
+    "tls-client-ca",
+    "model-control-mode",
+    "repository-poll-secs",
+    "load-model",
+    "workers",
+)
+ALL_FLAGS = CONTRACT_FLAGS + EXTRA_FLAGS + CONTRACT_S6_FLAGS
+CONTRACT_ENV = {"ELECTRA_" + f.upper().replace("-", "_"): f for f in ALL_FLAGS}
 
 # CONTRACT.md §5.
 HISTOGRAMS = {
@@ -94,7 +128,7 @@ def load_one(path: Path) -> Any:
 
 
 def kustomization_dirs() -> list[Path]:
-    return sorted(p.parent for p in K8S.rglob("kustomization.yaml"))
+    return sorted(p.parent for p in DEPLOY.rglob("kustomization.yaml"))
 
 
 def rel(path: Path) -> str:
@@ -306,6 +340,15 @@ def test_every_base_manifest_is_referenced() -> None:
     assert manifests - referenced == set(), "base manifests missing from base/kustomization.yaml"
 
 
+def test_every_component_and_kserve_manifest_is_referenced() -> None:
+    referenced = {p.resolve() for kdir in kustomization_dirs() for _, p in kustomize_refs(kdir)}
+    for directory in [*sorted(p for p in COMPONENTS.iterdir() if p.is_dir()), KSERVE]:
+        for path in sorted(directory.glob("*.y*ml")):
+            if path.name == "kustomization.yaml" or path in UNLISTED:
+                continue
+            assert path.resolve() in referenced, f"{rel(path)} is in no kustomization (or belongs in UNLISTED)"
+
+
 def test_overlays_build_on_base() -> None:
     for overlay in OVERLAYS:
         k = load_one(K8S / "overlays" / overlay / "kustomization.yaml")
@@ -446,6 +489,9 @@ def env_sources() -> Iterator[tuple[str, str]]:
         service = load_one(path)["services"]["electra-serve"]
         for key in service.get("environment", {}):
             yield rel(path), key
+    for where, container in kserve_server_containers():
+        for env in container.get("env", []):
+            yield where, env["name"]
     _, stages = parse_dockerfile(DOCKERFILE.read_text())
     for stage in stages:
         if stage.name in {"cpu", "gpu"}:
@@ -465,16 +511,656 @@ def test_every_setting_is_a_contract_flag() -> None:
         assert env["name"] in CONTRACT_ENV, f"deployment.yaml: {env['name']}"
 
 
-def test_cli_knows_every_flag_the_deployments_set() -> None:
+def cli_args(args: list[str]) -> dict[str, str]:
+    """The `--flag value` (or `--flag=value`) pairs of an electra-serve command line."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        assert flag.startswith("--"), f"expected a --flag, got {flag!r} in {args}"
+        if "=" in flag:
+            name, value = flag[2:].split("=", 1)
+            i += 1
+        else:
+            assert i + 1 < len(args) and not args[i + 1].startswith("--"), f"{flag} needs a value in {args}"
+            name, value = flag[2:], args[i + 1]
+            i += 2
+        assert name not in out, f"{flag} given twice in {args}"
+        out[name] = value
+    return out
+
+
+def flag_sources() -> Iterator[tuple[str, str]]:
+    """(where, flag) for every server flag deploy/ sets, through its ELECTRA_* twin or a command line."""
+    for where, name in env_sources():
+        if name in CONTRACT_ENV:
+            yield where, CONTRACT_ENV[name]
+    for where, container in kserve_server_containers():
+        for flag in cli_args(container.get("args", [])):
+            yield where, flag
+
+
+def test_command_lines_use_known_flags() -> None:
+    seen = list(flag_sources())
+    assert any(where.startswith("deploy/kserve") for where, _ in seen)
+    for where, flag in seen:
+        assert flag in ALL_FLAGS, f"{where}: --{flag} is no electra-serve flag of the contract"
+
+
+@functools.cache
+def cli_help() -> str:
     if not (ROOT / "server" / "__main__.py").is_file():
         pytest.skip("server/__main__.py does not exist yet: cannot ask electra-serve --help")
     result = subprocess.run(
         [sys.executable, "-m", "server", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    used = {CONTRACT_ENV[name] for _, name in env_sources() if name in CONTRACT_ENV}
-    for flag in sorted(used):
-        assert f"--{flag}" in result.stdout, f"electra-serve --help does not list --{flag}"
+    return result.stdout
+
+
+def test_cli_knows_every_flag_the_deployments_set() -> None:
+    used = {flag for _, flag in flag_sources()} - set(CONTRACT_S6_FLAGS)
+    missing = [flag for flag in sorted(used) if f"--{flag}" not in cli_help()]
+    assert not missing, f"electra-serve --help does not list {missing}"
+
+
+@pytest.mark.parametrize("flag", CONTRACT_S6_FLAGS)
+def test_cli_knows_the_contract_s6_flags(flag: str) -> None:
+    """The §6 flags, used or not by deploy/: red until the server side of issues 13 and 14 lands."""
+    if f"--{flag}" not in cli_help():
+        pytest.fail(f"electra-serve --help does not list --{flag} (CONTRACT.md §6)")
+
+
+ELECTRA_NAME = re.compile(r"\bELECTRA_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def test_every_electra_name_in_deploy_is_a_flag() -> None:
+    """Comments and docs too: a commented example (compose's API keys) must name a real setting."""
+    files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".env", ".md", ".py"}]
+    found = 0
+    for path in [*files, DOCKERFILE]:
+        for name in sorted(set(ELECTRA_NAME.findall(path.read_text()))):
+            assert name in CONTRACT_ENV, f"{rel(path)}: {name} names no electra-serve flag"
+            found += 1
+    assert found > 20
+
+
+# ---------------------------------------------------------------------------------------------
+# KServe: the ClusterServingRuntime and the InferenceService, against KServe's CRD schemas
+
+
+def kserve_docs() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for key, path in kustomize_refs(KSERVE):
+        if key == "resources":
+            docs.extend(load_docs(path))
+    return docs
+
+
+def kserve_runtime_container(runtime: dict[str, Any]) -> dict[str, Any]:
+    named = [c for c in runtime["spec"]["containers"] if c["name"] == KSERVE_CONTAINER]
+    assert len(named) == 1, f"the runtime needs one container named {KSERVE_CONTAINER}"
+    return named[0]
+
+
+def kserve_server_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    """The server's container as the runtime declares it, and what the InferenceService merges into it."""
+    for path in sorted(KSERVE.glob("*.yaml")):
+        for doc in load_docs(path):
+            if doc.get("kind") == "ClusterServingRuntime":
+                yield rel(path), kserve_runtime_container(doc)
+            elif doc.get("kind") == "InferenceService":
+                yield rel(path), doc["spec"]["predictor"]["model"]
+
+
+def openapi_to_jsonschema(node: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's structural OpenAPI v3 schema as JSON Schema, as strict as `kubectl apply` (field
+    validation Strict): properties a schema does not list are errors unless it preserves unknown
+    fields. `x-kubernetes-*` keys are not JSON Schema: int-or-string becomes a type union, the list
+    types are checked by list_type_errors()."""
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "properties":
+            out[key] = {name: openapi_to_jsonschema(sub) for name, sub in value.items()}
+        elif key in {"items", "additionalProperties", "not"} and isinstance(value, dict):
+            out[key] = openapi_to_jsonschema(value)
+        elif key in {"anyOf", "allOf", "oneOf"}:
+            out[key] = [openapi_to_jsonschema(sub) for sub in value]
+        elif key.startswith("x-kubernetes-") or key in {"format", "nullable", "description", "example"}:
+            continue
+        else:
+            out[key] = value
+    if node.get("x-kubernetes-int-or-string") and "anyOf" not in node:
+        out["type"] = ["integer", "string"]
+    if node.get("nullable") and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    preserve = node.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in node and "additionalProperties" not in node and not preserve:
+        out["additionalProperties"] = False
+    return out
+
+
+def list_type_errors(schema: dict[str, Any], value: Any, where: str = "") -> Iterator[str]:
+    """What JSON Schema cannot say: `x-kubernetes-list-type: map` entries are unique by their keys
+    (with the schema's defaults filled in, as the API server does), `set` entries are unique."""
+    if isinstance(value, dict):
+        extra = schema.get("additionalProperties")
+        for key, sub in value.items():
+            sub_schema = schema.get("properties", {}).get(key, extra if isinstance(extra, dict) else None)
+            if sub_schema:
+                yield from list_type_errors(sub_schema, sub, f"{where}.{key}")
+    elif isinstance(value, list):
+        items = schema.get("items", {})
+        kind = schema.get("x-kubernetes-list-type")
+        seen: set[str] = set()
+        for item in value:
+            if kind == "map":
+                keys = schema["x-kubernetes-list-map-keys"]
+                props = items.get("properties", {})
+                identity = json.dumps([item.get(k, props.get(k, {}).get("default")) for k in keys])
+            elif kind == "set":
+                identity = json.dumps(item, sort_keys=True)
+            else:
+                continue
+            if identity in seen:
+                yield f"{where}: two entries with the same {kind} key {identity}"
+            seen.add(identity)
+        for i, item in enumerate(value):
+            yield from list_type_errors(items, item, f"{where}[{i}]")
+
+
+@functools.cache
+def kserve_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every served version of the vendored KServe CRDs."""
+    out = {}
+    for path in sorted(KSERVE_CRDS.glob("*.yaml")):
+        crd = load_one(path)
+        assert crd["kind"] == "CustomResourceDefinition"
+        for version in crd["spec"]["versions"]:
+            if version["served"]:
+                key = (f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])
+                out[key] = version["schema"]["openAPIV3Schema"]
+    return out
+
+
+@functools.cache
+def kserve_validator(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    schema = openapi_to_jsonschema(kserve_schemas()[(api_version, kind)])
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator(schema)
+
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def crd_errors(doc: dict[str, Any]) -> list[str]:
+    """Why the API server would refuse `doc` under the vendored CRD (empty when it would accept it)."""
+    key = (doc.get("apiVersion", ""), doc.get("kind", ""))
+    assert key in kserve_schemas(), f"no vendored CRD serves {key}"
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in kserve_validator(*key).iter_errors(doc)
+    ]
+    errors += list(list_type_errors(kserve_schemas()[key], doc))
+    # The part of ObjectMeta the CRD schema leaves to the API server.
+    meta = doc.get("metadata", {})
+    if not DNS_LABEL.fullmatch(meta.get("name", "")) or len(meta.get("name", "")) > 63:
+        errors.append(f"metadata.name: {meta.get('name')!r} is not a DNS label")
+    for field_name in ("labels", "annotations"):
+        for k, v in (meta.get(field_name) or {}).items():
+            if not isinstance(v, str):
+                errors.append(f"metadata.{field_name}.{k}: {v!r} is not a string")
+    return errors
+
+
+def test_vendored_kserve_crds_say_where_they_come_from() -> None:
+    readme = (KSERVE_CRDS / "README.md").read_text()
+    crds = sorted(KSERVE_CRDS.glob("*.yaml"))
+    assert {p.name for p in crds} == {
+        "serving.kserve.io_clusterservingruntimes.yaml",
+        "serving.kserve.io_inferenceservices.yaml",
+    }
+    for path in crds:
+        text = path.read_text()
+        match = re.search(r"kserve/kserve at ([0-9a-f]{40})", text)
+        assert match, f"{rel(path)}: its header must name the upstream commit"
+        assert f"config/crd/full/{path.name}" in text and match.group(1) in readme and path.name in readme
+        crd = load_one(path)
+        assert crd["spec"]["group"] == "serving.kserve.io"
+        assert crd["metadata"]["name"] == f"{crd['spec']['names']['plural']}.serving.kserve.io"
+        assert "controller-gen.kubebuilder.io/version" in crd["metadata"]["annotations"]
+    assert "Apache" in readme
+    assert set(kserve_schemas()) == {
+        ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"),
+        ("serving.kserve.io/v1beta1", "InferenceService"),
+    }
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(KSERVE.glob("*.yaml")) if p.name != "kustomization.yaml"], ids=rel)
+def test_kserve_manifests_match_the_vendored_crds(path: Path) -> None:
+    for doc in load_docs(path):
+        errors = crd_errors(doc)
+        assert not errors, f"{rel(path)} {doc['kind']}:\n" + "\n".join(errors)
+
+
+def test_crd_check_refuses_what_kserve_would() -> None:
+    """The validator is not vacuous: each of these mistakes must be caught."""
+    runtime = one(kserve_docs(), "ClusterServingRuntime")
+    isvc = one(kserve_docs(), "InferenceService")
+    assert not crd_errors(runtime) and not crd_errors(isvc)
+
+    def broken(doc: dict[str, Any], change: Any) -> list[str]:
+        doc = deepcopy(doc)
+        change(doc)
+        return crd_errors(doc)
+
+    def container(doc: dict[str, Any]) -> dict[str, Any]:
+        return kserve_runtime_container(doc)
+
+    cases = {
+        "unknown field": lambda d: container(d).update(prots=[]),
+        "string port": lambda d: container(d)["ports"][0].update(containerPort="8000"),
+        "bad quantity": lambda d: container(d)["resources"]["limits"].update(memory="2 GiB"),
+        "no containers": lambda d: d["spec"].pop("containers"),
+        "duplicate port": lambda d: container(d)["ports"].append({"containerPort": 8000, "name": "again"}),
+        "duplicate env": lambda d: container(d)["env"].append(dict(container(d)["env"][0])),
+        "priority 0": lambda d: d["spec"]["supportedModelFormats"][0].update(priority=0),
+        "bad name": lambda d: d["metadata"].update(name="Electra_Serve"),
+    }
+    for what, change in cases.items():
+        assert broken(runtime, change), f"a runtime with {what} passed the CRD check"
+    isvc_cases = {
+        "no predictor": lambda d: d["spec"].pop("predictor"),
+        "format without name": lambda d: d["spec"]["predictor"]["model"]["modelFormat"].pop("name"),
+        "string replicas": lambda d: d["spec"]["predictor"].update(minReplicas="2"),
+        "unknown predictor field": lambda d: d["spec"]["predictor"].update(modle={}),
+    }
+    for what, change in isvc_cases.items():
+        assert broken(isvc, change), f"an InferenceService with {what} passed the CRD check"
+
+
+def test_kserve_runtime_serves_the_contract() -> None:
+    runtime = one(kserve_docs(), "ClusterServingRuntime")
+    spec = runtime["spec"]
+    container = kserve_runtime_container(runtime)
+    assert container["image"] == "electra-serve"
+    # KServe's storage initializer puts the model repository in /mnt/models.
+    args = cli_args(container["args"])
+    assert args["model-repository"] == "/mnt/models"
+    assert args["host"] == "0.0.0.0"
+    assert int(args["http-port"]) == HTTP_PORT and int(args["grpc-port"]) == GRPC_PORT
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert not set(env) & {n for n, f in CONTRACT_ENV.items() if f in args}, "a flag set twice (arg and env)"
+    # Port names as KServe reads them: the first port becomes the Service's port 80 (HTTP), a name with
+    # h2c (or grpc) gets appProtocol kubernetes.io/h2c; Knative's names are http1 and h2c.
+    ports = container_ports(container)
+    assert list(ports.items()) == [("http1", HTTP_PORT), ("h2c", GRPC_PORT)]
+    assert set(spec["protocolVersions"]) == {"v2", "grpc-v2"}
+    formats = {f["name"]: f for f in spec["supportedModelFormats"]}
+    assert set(formats) == {"electra", "onnx"}
+    assert formats["electra"]["autoSelect"] is True
+    assert formats["onnx"].get("autoSelect") is False, "other runtimes own plain onnx models"
+    assert spec["annotations"]["prometheus.kserve.io/port"] == str(HTTP_PORT)
+    assert spec["annotations"]["prometheus.kserve.io/path"] == "/metrics"
+    assert spec.get("multiModel") is not True
+
+
+def test_kserve_runtime_matches_the_deployment() -> None:
+    """Probes, drain, resources and hardening as deploy/k8s/base gives the same server."""
+    container = kserve_runtime_container(one(kserve_docs(), "ClusterServingRuntime"))
+    runtime = one(kserve_docs(), "ClusterServingRuntime")
+    deployment = load_one(BASE / "deployment.yaml")
+    base = server_container(deployment)
+    ports = container_ports(container)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        mine, theirs = container[probe], base[probe]
+        assert mine["httpGet"]["path"] == theirs["httpGet"]["path"]
+        assert resolve_port(mine["httpGet"]["port"], ports) == HTTP_PORT
+        assert {k: v for k, v in mine.items() if k != "httpGet"} == {k: v for k, v in theirs.items() if k != "httpGet"}
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert int(env["ELECTRA_DRAIN_TIMEOUT_S"]) + prestop_sleep_seconds(container) < DEFAULT_GRACE_S
+    assert env["ELECTRA_INTRA_OP_THREADS"] == read_env_file(BASE / "config.env")["ELECTRA_INTRA_OP_THREADS"]
+    assert container["resources"]["requests"] == container["resources"]["limits"] == base["resources"]["limits"]
+    sc = container["securityContext"]
+    pod_sc = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == pod_sc["runAsUser"] != 0
+    assert sc["runAsGroup"] == pod_sc["runAsGroup"]
+    assert sc["seccompProfile"] == pod_sc["seccompProfile"]
+    for key in ("allowPrivilegeEscalation", "readOnlyRootFilesystem", "capabilities"):
+        assert sc[key] == base["securityContext"][key]
+    volumes = {v["name"]: v for v in runtime["spec"]["volumes"]}
+    (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+    assert "emptyDir" in volumes[tmp["name"]], "a writable /tmp under the read-only root"
+
+
+def test_inferenceservice_uses_the_runtime() -> None:
+    runtime = one(kserve_docs(), "ClusterServingRuntime")
+    isvc = one(kserve_docs(), "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["runtime"] == runtime["metadata"]["name"]
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    assert model["protocolVersion"] in runtime["spec"]["protocolVersions"]
+    # Two container ports need plain Deployments: Knative (Serverless mode) allows one.
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert predictor["minReplicas"] >= 2 and predictor["maxReplicas"] >= predictor["minReplicas"]
+    scheme, _, rest = model["storageUri"].partition("://")
+    assert scheme in {"pvc", "s3", "gs", "https", "hdfs", "oci"}
+    if scheme == "pvc":
+        pvc = load_one(COMPONENTS / "model-pvc" / "pvc.yaml")
+        assert rest.split("/")[0] == pvc["metadata"]["name"], "the PVC the model-pvc component fills"
+    assert model["resources"]["requests"] == model["resources"]["limits"]
+    for env in model.get("env", []):
+        assert env["name"] in CONTRACT_ENV
+    modes = [e["value"] for e in model.get("env", []) if e["name"] == "ELECTRA_MODEL_CONTROL_MODE"]
+    assert all(m in {"none", "poll", "explicit"} for m in modes)
+
+
+def test_kserve_kustomization_tags_the_image_like_the_base() -> None:
+    k = load_one(KSERVE / "kustomization.yaml")
+    assert "namespace" not in k, "the runtime is cluster-scoped: kustomize would give it a namespace"
+    tags = {i["name"]: i["newTag"] for i in k["images"]}
+    base_tags = {i["name"]: i["newTag"] for i in load_one(BASE / "kustomization.yaml")["images"]}
+    assert tags["electra-serve"] == base_tags["electra-serve"]
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS, mutual TLS and API keys (components)
+
+
+def tls_mount(pod: dict[str, Any], volume_name: str) -> tuple[dict[str, Any], str]:
+    """The volume named `volume_name` and where the server container mounts it: read-only, whole
+    (a subPath mount never sees the kubelet's update when the Secret changes)."""
+    (volume,) = [v for v in pod["volumes"] if v["name"] == volume_name]
+    (mount,) = [m for m in pod_server_container(pod)["volumeMounts"] if m["name"] == volume_name]
+    assert mount.get("readOnly") is True, f"mount {volume_name} read-only"
+    assert "subPath" not in mount and "subPathExpr" not in mount, f"{volume_name}: no subPath, or renewals are missed"
+    return volume, mount["mountPath"]
+
+
+def component_pod_patch(kdir: Path) -> dict[str, Any]:
+    (patch,) = strategic_patches(kdir, "Deployment")
+    return patch["spec"]["template"]["spec"]
+
+
+def json_patch_ops(kdir: Path, kind: str) -> list[dict[str, Any]]:
+    """The JSON6902 operations of the inline patches that target `kind` (checking the target names)."""
+    ops = []
+    for patch in load_one(kdir / "kustomization.yaml").get("patches") or []:
+        if patch.get("target", {}).get("kind") == kind:
+            assert "path" not in patch
+            ops += yaml.safe_load(patch["patch"])
+    return ops
+
+
+def secret_mode_is_private(volume: dict[str, Any]) -> None:
+    mode = volume["secret"]["defaultMode"]
+    pod = load_one(BASE / "deployment.yaml")["spec"]["template"]["spec"]
+    # Owner and the pod's fsGroup (the server's group) read it; others nothing.
+    assert mode & 0o044 == 0o040 and mode & 0o007 == 0, oct(mode)
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+
+
+def test_tls_component_serves_the_cert_manager_secret() -> None:
+    literals = configmap_literals(TLS)
+    assert set(literals) == {"ELECTRA_TLS_CERT", "ELECTRA_TLS_KEY"}
+    cert = one(load_docs(TLS / "certificate.yaml"), "Certificate", "electra-serve-tls")
+    pod = component_pod_patch(TLS)
+    volume, path = tls_mount(pod, "tls")
+    assert volume["secret"]["secretName"] == cert["spec"]["secretName"]
+    secret_mode_is_private(volume)
+    # The keys cert-manager writes into a certificate's Secret.
+    assert literals["ELECTRA_TLS_CERT"] == f"{path}/tls.crt"
+    assert literals["ELECTRA_TLS_KEY"] == f"{path}/tls.key"
+    container = pod_server_container(pod)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe] == {"httpGet": {"scheme": "HTTPS"}}, f"{probe}: only the scheme changes"
+    assert "server auth" in cert["spec"]["usages"]
+    assert cert["spec"]["renewBefore"] and cert["spec"]["privateKey"]["rotationPolicy"] == "Always"
+
+
+def test_tls_certificate_names_every_service_and_has_an_issuer() -> None:
+    cert = one(load_docs(TLS / "certificate.yaml"), "Certificate", "electra-serve-tls")
+    names = set(cert["spec"]["dnsNames"])
+    services = [s["metadata"]["name"] for s in load_docs(BASE / "service.yaml")]
+    for name in services:
+        assert name in names, f"clients dial {name}: the certificate must name it"
+        assert any(n.startswith(f"{name}.") and n.endswith(".svc") for n in names), f"{name}.<namespace>.svc"
+    chain = load_docs(TLS / "issuer.yaml")
+    issuers = {d["metadata"]["name"]: d for d in by_kind(chain, "Issuer")}
+    ref = cert["spec"]["issuerRef"]
+    assert ref["kind"] == "Issuer" and ref["name"] in issuers
+    ca = one(chain, "Certificate", "electra-serve-ca")
+    assert ca["spec"]["isCA"] is True
+    assert issuers[ref["name"]]["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]
+    assert "selfSigned" in issuers[ca["spec"]["issuerRef"]["name"]]["spec"]
+
+
+def test_tls_component_patches_every_service_port() -> None:
+    """The Service patches merge by (port, protocol): a patch without the protocol is silently dropped."""
+    patches = {p["metadata"]["name"]: p for p in strategic_patches(TLS, "Service")}
+    for svc in load_docs(BASE / "service.yaml"):
+        patch = patches[svc["metadata"]["name"]]
+        patched = {(p["port"], p["protocol"]): p["appProtocol"] for p in patch["spec"]["ports"]}
+        assert set(patched) == {(p["port"], p["protocol"]) for p in svc["spec"]["ports"]}
+        assert set(patched.values()) == {"https"}, "TLS is terminated by the server, not cleartext h2c"
+
+
+def test_tls_component_scrapes_over_https() -> None:
+    cert = one(load_docs(TLS / "certificate.yaml"), "Certificate", "electra-serve-tls")
+    monitor = load_one(COMPONENTS / "monitoring" / "servicemonitor.yaml")
+    (target,) = [p["target"] for p in load_one(TLS / "kustomization.yaml")["patches"] if "target" in p]
+    assert (target["group"], target["kind"], target["name"]) == (
+        monitor["apiVersion"].split("/")[0],
+        monitor["kind"],
+        monitor["metadata"]["name"],
+    )
+    assert len(monitor["spec"]["endpoints"]) == 1, "the patch edits endpoint 0"
+    ops = {op["path"]: op["value"] for op in json_patch_ops(TLS, "ServiceMonitor")}
+    assert ops["/spec/endpoints/0/scheme"] == "https"
+    tls_config = ops["/spec/endpoints/0/tlsConfig"]
+    assert tls_config["ca"]["secret"] == {"name": cert["spec"]["secretName"], "key": "ca.crt"}
+    assert tls_config["serverName"] in cert["spec"]["dnsNames"]
+
+
+def test_mtls_component_requires_client_certificates() -> None:
+    k = load_one(MTLS / "kustomization.yaml")
+    assert k["components"] == ["../tls"], "mtls builds on the tls component"
+    tls_pod = component_pod_patch(TLS)
+    _, tls_path = tls_mount(tls_pod, "tls")
+    literals = configmap_literals(MTLS)
+    assert literals == {"ELECTRA_TLS_CLIENT_CA": f"{tls_path}/ca.crt"}
+    (cert_patch,) = strategic_patches(MTLS, "Certificate")
+    assert cert_patch["metadata"]["name"] == "electra-serve-tls"
+    assert {"server auth", "client auth"} <= set(cert_patch["spec"]["usages"]), "the probes present it"
+    client = one(load_docs(MTLS / "metrics-client-certificate.yaml"), "Certificate")
+    server = one(load_docs(TLS / "certificate.yaml"), "Certificate")
+    assert client["spec"]["issuerRef"] == server["spec"]["issuerRef"], "the CA the server trusts for clients"
+    assert "client auth" in client["spec"]["usages"] and "server auth" not in client["spec"]["usages"]
+    ops = {op["path"]: op["value"] for op in json_patch_ops(MTLS, "ServiceMonitor")}
+    secret = client["spec"]["secretName"]
+    assert ops["/spec/endpoints/0/tlsConfig/cert"] == {"secret": {"name": secret, "key": "tls.crt"}}
+    assert ops["/spec/endpoints/0/tlsConfig/keySecret"] == {"name": secret, "key": "tls.key"}
+
+
+def test_mtls_probes_run_the_probe_script() -> None:
+    """httpGet probes cannot present a client certificate: under mTLS they exec https-probe.py."""
+    k = load_one(MTLS / "kustomization.yaml")
+    (generator,) = [g for g in k["configMapGenerator"] if g["name"] != "electra-serve-config"]
+    (script,) = generator["files"]
+    assert (MTLS / script).is_file()
+    pod = component_pod_patch(MTLS)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "mtls-probe"]
+    assert volume["configMap"]["name"] == generator["name"]
+    (mount,) = [m for m in pod_server_container(pod)["volumeMounts"] if m["name"] == "mtls-probe"]
+    container = pod_server_container(pod)
+    expected = {"startupProbe": "/health/ready", "readinessProbe": "/health/ready", "livenessProbe": "/health/live"}
+    for probe, path in expected.items():
+        spec = container[probe]
+        assert "httpGet" in spec and spec["httpGet"] is None, f"{probe}: drop the httpGet handler"
+        assert spec["exec"]["command"] == ["python", "-S", f"{mount['mountPath']}/{script}", path]
+        assert spec["timeoutSeconds"] >= 3, "room for the Python start"
+    compile((MTLS / script).read_text(), script, "exec")
+
+
+def _tls_files(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a leaf it signs for server and client auth (as the mtls component's certificate), and
+    a leaf from another CA."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def make(cn: str, issuer: tuple[Any, x509.Name] | None) -> tuple[Any, x509.Certificate]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer, issuer_name = issuer or (key, name(cn))
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+        if issuer is None:
+            builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        else:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName("electra-serve")]), critical=False
+            ).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+        return key, builder.sign(signer, hashes.SHA256())
+
+    files: dict[str, Path] = {}
+
+    def write(stem: str, key: Any, cert: x509.Certificate) -> None:
+        files[f"{stem}.crt"] = tmp_path / f"{stem}.crt"
+        files[f"{stem}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        files[f"{stem}.key"] = tmp_path / f"{stem}.key"
+        files[f"{stem}.key"].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    ca_key, ca = make("ca", None)
+    write("ca", ca_key, ca)
+    leaf_key, leaf = make("electra-serve", (ca_key, ca.subject))
+    write("tls", leaf_key, leaf)
+    other_key, other = make("other-ca", None)
+    stranger_key, stranger = make("electra-serve", (other_key, other.subject))
+    write("stranger", stranger_key, stranger)
+    return files
+
+
+class _Health(BaseHTTPRequestHandler):
+    ready = True
+
+    def do_GET(self) -> None:
+        ok = self.path == "/health/live" or (self.path == "/health/ready" and _Health.ready)
+        self.send_response(200 if ok else 503)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_mtls_probe_script_checks_health_with_the_pods_certificate(tmp_path: Path) -> None:
+    """https-probe.py against a loopback HTTPS server that requires client certificates (as the
+    server does under --tls-client-ca): 0 on 200, 1 on 503, on a refused connection, on a server
+    whose certificate the CA did not sign, and on a server that does not trust the probe's."""
+    files = _tls_files(tmp_path)
+    script = MTLS / "https-probe.py"
+
+    def serve(cert: str, client_ca: str) -> ThreadingHTTPServer:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(files[f"{cert}.crt"], files[f"{cert}.key"])
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(files[client_ca])
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    def probe(port: int, path: str) -> subprocess.CompletedProcess[str]:
+        env = {
+            "ELECTRA_HTTP_PORT": str(port),
+            "ELECTRA_TLS_CERT": str(files["tls.crt"]),
+            "ELECTRA_TLS_KEY": str(files["tls.key"]),
+            "ELECTRA_TLS_CLIENT_CA": str(files["ca.crt"]),
+        }
+        return subprocess.run(
+            [sys.executable, "-S", str(script), path], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    server = serve("tls", "ca.crt")
+    try:
+        port = server.server_address[1]
+        _Health.ready = True
+        assert probe(port, "/health/ready").returncode == 0
+        assert probe(port, "/health/live").returncode == 0
+        _Health.ready = False
+        result = probe(port, "/health/ready")
+        assert result.returncode == 1 and "503" in result.stderr
+        assert probe(port, "/health/live").returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert probe(port, "/health/live").returncode == 1, "nothing listens any more"
+    for cert, client_ca in (("stranger", "ca.crt"), ("tls", "stranger.crt")):
+        server = serve(cert, client_ca)
+        try:
+            result = probe(server.server_address[1], "/health/live")
+            assert result.returncode == 1, f"server {cert}, client CA {client_ca}: {result.stderr}"
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def test_api_keys_component_mounts_the_secret_file() -> None:
+    literals = configmap_literals(API_KEYS)
+    assert list(literals) == ["ELECTRA_API_KEYS_FILE"]
+    pod = component_pod_patch(API_KEYS)
+    volume, path = tls_mount(pod, "api-keys")
+    secret_mode_is_private(volume)
+    directory, _, key = literals["ELECTRA_API_KEYS_FILE"].rpartition("/")
+    assert directory == path
+    assert "items" not in volume["secret"], "the file is the Secret's key itself"
+    # The command in the component's comment creates exactly the Secret and key it mounts.
+    text = (API_KEYS / "kustomization.yaml").read_text()
+    assert f"create secret generic {volume['secret']['secretName']} --from-file={key}=" in text
+    # Probes stay on /health/*, open by default: the component leaves them alone.
+    container = pod_server_container(pod)
+    assert not {"startupProbe", "readinessProbe", "livenessProbe"} & set(container)
+
+
+def test_compose_shows_api_keys_as_a_secret() -> None:
+    """The commented example, uncommented, is a valid compose setup."""
+    example = re.compile(
+        r"^(\s*)# ((?:secrets:|  - electra-api-keys|ELECTRA_API_KEYS_FILE:|  electra-api-keys:|    file:).*)$"
+    )
+    uncommented = []
+    for line in COMPOSE.read_text().splitlines():
+        m = example.match(line)
+        uncommented.append(m.group(1) + m.group(2) if m else line)
+    compose = yaml.safe_load("\n".join(uncommented))
+    service = compose["services"]["electra-serve"]
+    (secret,) = service["secrets"]
+    assert service["environment"]["ELECTRA_API_KEYS_FILE"] == f"/run/secrets/{secret}"
+    assert "file" in compose["secrets"][secret]
+    gitignore = (ROOT / ".gitignore").read_text()
+    assert f"/deploy/compose/{compose['secrets'][secret]['file'].removeprefix('./')}" in gitignore
 
 
 # ---------------------------------------------------------------------------------------------
@@ -884,6 +1570,19 @@ def kustomize(directory: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
+def probe_endpoint(probe: dict[str, Any], ports: dict[str, int], config: dict[str, str]) -> tuple[str, str, int]:
+    """(scheme, path, port) a probe checks: an httpGet, or the mtls component's exec of https-probe.py
+    (which reads the port from ELECTRA_HTTP_PORT)."""
+    handlers = [h for h in ("httpGet", "exec", "grpc", "tcpSocket") if h in probe]
+    assert len(handlers) == 1, f"a probe has exactly one handler, got {handlers}"
+    if "httpGet" in probe:
+        get = probe["httpGet"]
+        return get.get("scheme", "HTTP"), get["path"], resolve_port(get["port"], ports)
+    command = probe["exec"]["command"]
+    assert command[:2] == ["python", "-S"] and command[2].endswith("/https-probe.py"), command
+    return "HTTPS", command[3], int(config["ELECTRA_HTTP_PORT"])
+
+
 def rendered_invariants(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deployment = one(docs, "Deployment", "electra-serve")
     pod = deployment["spec"]["template"]["spec"]
@@ -894,15 +1593,25 @@ def rendered_invariants(docs: list[dict[str, Any]]) -> dict[str, Any]:
     drain = int(config["ELECTRA_DRAIN_TIMEOUT_S"])
     assert pod["terminationGracePeriodSeconds"] > prestop_sleep_seconds(container) + drain
     ports = container_ports(container)
-    for probe, path in (("readinessProbe", "/health/ready"), ("livenessProbe", "/health/live")):
-        assert container[probe]["httpGet"]["path"] == path
-        assert resolve_port(container[probe]["httpGet"]["port"], ports) == HTTP_PORT
+    scheme = "HTTPS" if "ELECTRA_TLS_CERT" in config else "HTTP"
+    expected = {"startupProbe": "/health/ready", "readinessProbe": "/health/ready", "livenessProbe": "/health/live"}
+    for probe, path in expected.items():
+        assert probe_endpoint(container[probe], ports, config) == (scheme, path, HTTP_PORT), probe
     volumes = {v["name"]: v for v in pod["volumes"]}
     for mount in container["volumeMounts"] + [m for c in pod.get("initContainers", []) for m in c["volumeMounts"]]:
         assert mount["name"] in volumes, f"mount {mount['name']} has no volume"
+    for name in ("ELECTRA_TLS_CERT", "ELECTRA_TLS_KEY", "ELECTRA_TLS_CLIENT_CA", "ELECTRA_API_KEYS_FILE"):
+        if name in config:
+            mounted = [m for m in container["volumeMounts"] if config[name].startswith(m["mountPath"] + "/")]
+            assert mounted and "secret" in volumes[mounted[0]["name"]], f"{name} points into no mounted Secret"
+    for volume in volumes.values():
+        if "configMap" in volume:
+            assert one(docs, "ConfigMap", volume["configMap"]["name"]), "kustomize renames generated ConfigMaps"
     for svc in by_kind(docs, "Service"):
         for port in svc["spec"]["ports"]:
             assert resolve_port(port["targetPort"], ports) in (HTTP_PORT, GRPC_PORT)
+            if scheme == "HTTPS":
+                assert port["appProtocol"] == "https", f"{svc['metadata']['name']}:{port['port']} under TLS"
     return {"config": config, "container": container, "pod": pod, "volumes": volumes}
 
 
@@ -927,14 +1636,13 @@ def test_gpu_overlay_renders() -> None:
     assert r["pod"]["initContainers"][0]["image"].startswith("electra-serve-export:")
 
 
-@needs_kubectl
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_with_every_component_renders(overlay: str, tmp_path: Path) -> None:
+def kustomize_with(tmp_path: Path, overlay: str, components: list[Path]) -> list[dict[str, Any]]:
+    """Render an overlay plus components, in the order given (the order an overlay would list them)."""
+
     # kustomize accepts only relative paths to other kustomizations.
     def relative(target: Path) -> str:
         return str(Path(*[".."] * len(tmp_path.parts[1:])) / target.relative_to("/"))
 
-    components = sorted(p for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").is_file())
     (tmp_path / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
@@ -945,7 +1653,25 @@ def test_overlay_with_every_component_renders(overlay: str, tmp_path: Path) -> N
             }
         )
     )
-    docs = kustomize(tmp_path)
+    return kustomize(tmp_path)
+
+
+def top_level_components() -> list[Path]:
+    """Every component an overlay lists itself, monitoring before the TLS ones (whose ServiceMonitor
+    patches need it); those another component includes (tls, in mtls) are left out."""
+    components = sorted(p for p in COMPONENTS.iterdir() if (p / "kustomization.yaml").is_file())
+    included = {
+        (c / ref).resolve() for c in components for ref in load_one(c / "kustomization.yaml").get("components") or []
+    }
+    return sorted((c for c in components if c.resolve() not in included), key=lambda c: c.name != "monitoring")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_with_every_component_renders(overlay: str, tmp_path: Path) -> None:
+    components = top_level_components()
+    assert MTLS in components and TLS not in components
+    docs = kustomize_with(tmp_path, overlay, components)
     r = rendered_invariants(docs)
     assert "persistentVolumeClaim" in r["volumes"]["models"] and "emptyDir" not in r["volumes"]["models"]
     assert not r["pod"].get("initContainers"), "with the PVC there is nothing to export at start"
@@ -954,3 +1680,55 @@ def test_overlay_with_every_component_renders(overlay: str, tmp_path: Path) -> N
     metrics = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert {m["type"] for m in metrics} == {"Resource", "Pods"}
     assert one(docs, "ServiceMonitor") and one(docs, "PrometheusRule")
+    # mtls (with tls) and api-keys: every setting in the ConfigMap, every probe an exec over mTLS.
+    assert {"ELECTRA_TLS_CERT", "ELECTRA_TLS_KEY", "ELECTRA_TLS_CLIENT_CA", "ELECTRA_API_KEYS_FILE"} <= set(r["config"])
+    assert all("exec" in r["container"][p] for p in ("startupProbe", "readinessProbe", "livenessProbe"))
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and {"ca", "cert", "keySecret", "serverName"} <= set(endpoint["tlsConfig"])
+    tls = one(docs, "Certificate", "electra-serve-tls")
+    assert {"server auth", "client auth"} <= set(tls["spec"]["usages"])
+    assert {d["metadata"]["name"] for d in by_kind(docs, "Certificate")} == {
+        "electra-serve-ca",
+        "electra-serve-tls",
+        "electra-serve-metrics-client",
+    }
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_with_tls_renders(overlay: str, tmp_path: Path) -> None:
+    docs = kustomize_with(tmp_path, overlay, [COMPONENTS / "monitoring", TLS])
+    r = rendered_invariants(docs)
+    assert "ELECTRA_TLS_CLIENT_CA" not in r["config"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert r["container"][probe]["httpGet"]["scheme"] == "HTTPS"
+    # The merge kept the base's probe timings.
+    base = server_container(load_one(BASE / "deployment.yaml"))
+    assert r["container"]["readinessProbe"]["periodSeconds"] == base["readinessProbe"]["periodSeconds"]
+    (endpoint,) = one(docs, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https" and "cert" not in endpoint["tlsConfig"]
+    assert r["volumes"]["tls"]["secret"]["secretName"] == "electra-serve-tls"
+
+
+@needs_kubectl
+def test_overlay_with_api_keys_keeps_plain_probes(tmp_path: Path) -> None:
+    docs = kustomize_with(tmp_path, "cpu", [API_KEYS])
+    r = rendered_invariants(docs)
+    assert r["config"]["ELECTRA_API_KEYS_FILE"].startswith("/etc/electra/api-keys/")
+    assert all(
+        r["container"][p]["httpGet"].get("scheme", "HTTP") == "HTTP" for p in ("readinessProbe", "livenessProbe")
+    )
+
+
+@needs_kubectl
+def test_kserve_renders_and_matches_the_crds() -> None:
+    docs = kustomize(KSERVE)
+    assert {d["kind"] for d in docs} == {"ClusterServingRuntime", "InferenceService"}
+    for doc in docs:
+        errors = crd_errors(doc)
+        assert not errors, f"rendered {doc['kind']}:\n" + "\n".join(errors)
+    runtime = one(docs, "ClusterServingRuntime")
+    assert "namespace" not in runtime["metadata"], "cluster-scoped"
+    image = kserve_runtime_container(runtime)["image"]
+    base_tag = {i["name"]: i["newTag"] for i in load_one(BASE / "kustomization.yaml")["images"]}["electra-serve"]
+    assert image == f"electra-serve:{base_tag}"
