@@ -25,6 +25,8 @@ def build_app(
     control: RepositoryControl | None = None,
 ) -> FastAPI:
     app = FastAPI(
+        # A trailing slash is a 404 in the error shape, not a redirect a client may not follow.
+        redirect_slashes=False,
         title="electra-serve",
         version="0.1.0",
         description="ELECTRA inference (classify, qa, tag, discriminate) over REST, HF Inference API, KServe v2.",

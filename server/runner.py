@@ -24,7 +24,8 @@ from server.api.repository import RepositoryControl
 from server.api.security import ApiKeys, GrpcAuth, http_guard
 from server.api.tls import Tls, TlsFiles
 from server.app import build_asgi
-from server.assembly import assemble
+from server.assembly import Assembly, assemble
+from server.core.loader import RuntimeFactory, onnx_runtime
 from server.core.registry import ModelRegistry
 from server.core.service import InferenceService
 from server.settings import Settings
@@ -128,8 +129,20 @@ def build_grpc_server(
     return server, health
 
 
-async def serve(settings: Settings, repository: Path, security: Security | None = None) -> int:
-    parts = assemble(settings, repository)
+async def serve(
+    settings: Settings,
+    repository: Path,
+    security: Security | None = None,
+    *,
+    runtime_factory: RuntimeFactory = onnx_runtime,
+    stop: asyncio.Event | None = None,
+    assembled: Callable[[Assembly], None] | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT, or until `stop` is set (then no signal handler is installed: for
+    servers run inside another program, tests among them, which `assembled` hands the parts)."""
+    parts = assemble(settings, repository, runtime_factory)
+    if assembled is not None:
+        assembled(parts)
     service, metrics = parts.service, parts.metrics
     security = security or Security.from_settings(settings)
     control = RepositoryControl(parts.registry, settings.model_control_mode)
@@ -138,11 +151,12 @@ async def serve(settings: Settings, repository: Path, security: Security | None 
     grpc_server, health = build_grpc_server(settings, service, control, security)
     await grpc_server.start()
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: security.reload(force=True))
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: security.reload(force=True))
 
     http_task = asyncio.create_task(http_server.serve(), name="http")
     load_task = asyncio.create_task(service.start(settings.start_models()), name="load")

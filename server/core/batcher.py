@@ -4,13 +4,14 @@ Requests hand in rows (unpadded token sequences). The loop waits for the first r
 to `max_queue_delay_ms` (counted from the oldest queued row, as Triton does) for more, and
 cuts a batch bounded by `max_batch_size` rows and `max_batch_tokens` padded tokens (rows x
 longest row: the model pads, so that is what it computes), and optionally by attention cells
-(rows x longest row squared). Rows within a sort window are grouped by length to cut padding,
-but every batch contains the oldest queued row, so no row starves. The window takes rows from
-the waiting requests in turn (one row of each, then a second of each...), so a request of many
-windows shares the model with the requests behind it instead of holding it until it ends; one
-request may queue at most its share of the queue. Expired and abandoned requests leave the
-queue at once. The model runs on a dedicated executor thread; while every thread is busy, the
-next batch is staged only once it is full (a partial one keeps growing until a thread frees up).
+(rows x longest row squared). Rows within a sort window are grouped by length to cut padding.
+The window takes rows from the waiting requests in turn (one row of each, then a second of
+each...), least recently served first, and every batch contains the window's first row, so no
+row starves and a request of many windows shares the model with the requests behind it instead
+of holding it until it ends; one request may queue at most its share of the queue. Expired and
+abandoned requests leave the queue at once. The model runs on a dedicated executor thread; while
+every thread is busy, the next batch is staged only once it is full (a partial one keeps growing
+until a thread frees up).
 
 Failures stay as small as they can: a batch whose run fails is retried row by row (and split in
 halves when it ran out of memory), so only the requests whose own rows fail get an error. After
@@ -27,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -176,8 +177,8 @@ class DynamicBatcher:
         self.failure_threshold = failure_threshold
         self.probe_interval_s = probe_interval_s
 
-        # Requests with rows in the queue, oldest first (a dict keeps insertion order).
-        self._waiting: dict[_Request, None] = {}
+        # Requests with rows in the queue, least recently served first (new ones join at the end).
+        self._waiting: OrderedDict[_Request, None] = OrderedDict()
         self._depth = 0  # rows in the queue
         self._inflight = 0
         self._inflight_tasks: set[asyncio.Task[None]] = set()
@@ -396,16 +397,26 @@ class DynamicBatcher:
                     await self._wakeup.wait()
 
     def _window(self, now: float) -> list[_Entry]:
-        """Up to a sort window of queued rows, taken from the waiting requests in turn (oldest request
-        first, one row of each per round); requests whose deadline passed are dropped here."""
-        expired = [r for r in self._waiting if r.deadline is not None and r.deadline <= now]
+        """Up to a sort window of queued rows, taken from the waiting requests in turn: the request
+        served least recently first (a new one joins at the end), one row of each per round. The
+        first row anchors the next batch, so a request of many rows gets one batch in turn with the
+        others instead of all of them first. Requests whose deadline passed are dropped here."""
+        waiting: list[_Request] = []
+        expired: list[_Request] = []
+        for request in self._waiting:
+            if request.deadline is not None and request.deadline <= now:
+                expired.append(request)
+                continue
+            waiting.append(request)
+            if len(waiting) >= self._window_size:
+                break
         for request in expired:
             self._expire(request)
         window: list[_Entry] = []
         size = self._window_size
         for depth in range(size):
             took = False
-            for request in self._waiting:
+            for request in waiting:
                 if depth < len(request.pending):
                     window.append(request.pending[depth])
                     took = True
@@ -481,7 +492,8 @@ class DynamicBatcher:
         return padded > self.policy.max_batch_tokens or (cells is not None and padded * longest > cells)
 
     def _remove(self, chosen: list[_Entry]) -> None:
-        """Take the chosen entries off their requests' queues (each among the first of its request)."""
+        """Take the chosen entries off their requests' queues (each among the first of its request);
+        a request with rows left goes behind the requests that got none this time."""
         by_request: dict[_Request, set[int]] = {}
         for entry in chosen:
             by_request.setdefault(entry.request, set()).add(id(entry))
@@ -495,7 +507,9 @@ class DynamicBatcher:
                 else:
                     kept.append(entry)
             pending.extendleft(reversed(kept))
-            if not pending:
+            if pending:
+                self._waiting.move_to_end(request)
+            else:
                 self._waiting.pop(request, None)
 
     def _dispatch(self, entries: list[_Entry]) -> None:

@@ -206,6 +206,8 @@ class InferenceService:
         INTERNAL ServeError naming the request id."""
         call = Call(protocol, request_id or new_request_id())
         self.observer.inflight(protocol, 1)
+        self._inflight += 1
+        self._idle.clear()
         try:
             yield call
         except ServeError as error:
@@ -230,6 +232,11 @@ class InferenceService:
     def _finish(self, call: Call) -> None:
         seconds = time.perf_counter() - call.started
         self.observer.inflight(call.protocol, -1)
+        self._inflight -= 1
+        if self._inflight == 0:
+            # Whatever the outcome: a refused 8 MB request leaves freed heap behind too.
+            self._idle.set()
+            self._schedule_trim()
         self.observer.request(call.model, call.task, call.protocol, call.code, seconds)
         if call.version:
             if call.code == OK_CODE and call.timings is not None:
@@ -315,38 +322,30 @@ class InferenceService:
         batcher = version.batcher
         # A full queue refuses before any tokenizing: the work would be thrown away.
         batcher.check_capacity()
-        self._inflight += 1
-        self._idle.clear()
-        try:
-            max_rows = min(self.config.max_windows_per_request, batcher.policy.request_rows_limit)
-            if _text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
-                encoded = _encode(version, items, params, max_rows)
-            else:
-                encoded = await self._off_loop(_encode, version, items, params, max_rows)
-            tokenized = time.perf_counter()
-            rows = [row for item in encoded for row in item.rows]
-            call.rows = len(rows)
-            submitted = await batcher.submit(rows, call.deadline)
-            decode_item = decode or version.task.decode
-            if len(rows) <= self.config.inline_decode_rows:
-                values = _decode_all(decode_item, encoded, submitted.outputs, params, version.manifest)
-            else:
-                values = await self._off_loop(
-                    _decode_all, decode_item, encoded, submitted.outputs, params, version.manifest
-                )
-            timings = Timings(
-                tokenization_s=tokenized - started,
-                queue_s=submitted.queue_seconds,
-                inference_s=submitted.inference_seconds,
-                total_s=time.perf_counter() - started,
+        max_rows = min(self.config.max_windows_per_request, batcher.policy.request_rows_limit)
+        if _text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
+            encoded = _encode(version, items, params, max_rows)
+        else:
+            encoded = await self._off_loop(_encode, version, items, params, max_rows)
+        tokenized = time.perf_counter()
+        rows = [row for item in encoded for row in item.rows]
+        call.rows = len(rows)
+        submitted = await batcher.submit(rows, call.deadline)
+        decode_item = decode or version.task.decode
+        if len(rows) <= self.config.inline_decode_rows:
+            values = _decode_all(decode_item, encoded, submitted.outputs, params, version.manifest)
+        else:
+            values = await self._off_loop(
+                _decode_all, decode_item, encoded, submitted.outputs, params, version.manifest
             )
-            self.observer.stages(version.name, timings.tokenization_s, timings.queue_s)
-            return values, timings
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-                self._schedule_trim()
+        timings = Timings(
+            tokenization_s=tokenized - started,
+            queue_s=submitted.queue_seconds,
+            inference_s=submitted.inference_seconds,
+            total_s=time.perf_counter() - started,
+        )
+        self.observer.stages(version.name, timings.tokenization_s, timings.queue_s)
+        return values, timings
 
     async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run fn on a tokenizer thread; a backlog past its bound is refused (429), not queued for ever."""

@@ -69,11 +69,14 @@ class ServerProcess:
         return self.process.returncode
 
 
-def start_server(repository: Path, log_path: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-    """Start `python -m server` on free loopback ports (not yet waited for)."""
+def start_server(
+    repository: Path, log_path: Path, *args: str, env: dict[str, str] | None = None, module: str = "server"
+) -> ServerProcess:
+    """Start `python -m server` (or another entry point taking its flags) on free loopback ports
+    (not yet waited for)."""
     http_port, grpc_port = free_port(), free_port()
     command = [
-        sys.executable, "-m", "server", "--model-repository", str(repository),
+        sys.executable, "-m", module, "--model-repository", str(repository),
         "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args,
     ]  # fmt: skip
     environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}

@@ -491,6 +491,29 @@ async def test_requests_share_the_model_in_turn() -> None:
     assert batch_of_short == 2
 
 
+async def test_batches_of_one_row_take_turns_between_requests() -> None:
+    """When a batch holds one row (long windows on a CPU), the anchor row rotates between requests:
+    a short request waits for one row of the long one, not all of them."""
+    gate = threading.Event()
+    fake = FakeRuntime(gate=gate)
+    async with running(fake, max_batch_size=1, max_queue_delay_ms=0) as batcher:
+        blocker = asyncio.create_task(batcher.submit([row(3)]))
+        await started(fake)
+        long = [row(3) for _ in range(6)]
+        long_task = asyncio.create_task(batcher.submit(long))
+        await wait_until(lambda: batcher.queue_depth == 5)  # one staged behind the blocker
+        short = [row(3)]
+        short_task = asyncio.create_task(batcher.submit(short))
+        await wait_until(lambda: batcher.queue_depth == 6)
+        gate.set()
+        check(short, await short_task)
+        check(long, await long_task)
+        await blocker
+    short_id = int(short[0].input_ids[0])
+    order = next(i for i, (ids, _, _) in enumerate(fake.batches) if (ids == short_id).any())
+    assert order == 3  # the blocker, the staged row of the long request, one more of it, then the short one
+
+
 async def test_one_request_may_queue_only_its_share() -> None:
     async with running(FakeRuntime(), max_queue_size=8, max_request_rows=3) as batcher:
         with pytest.raises(ServeError) as err:
