@@ -51,6 +51,8 @@ from loadtests import data, procstat, report
 from loadtests.clients import perf_analyzer as pa
 from loadtests.clients import python_client, wrk
 from loadtests.offline import OfflineBench, OfflineConfig, encode_items, grid, padding_ratio, plan_batches
+from loadtests.peers import PEERS, parse_peers
+from loadtests.peers import phase as peers_phase
 from loadtests.promscrape import BatchStats, Samples, parse, value
 from loadtests.schedule import rate_ladder
 from loadtests.servers import HOST, ServerProcess, electra_server, naive_server, offered_protocols
@@ -804,6 +806,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ab-root",
         help="also run the server from this checkout and measure it in every side-by-side round (A/B)",
     )
+    p.add_argument(
+        "--peers",
+        type=parse_peers,
+        help="also measure other servers on the same model, inputs and load generator, side by side with"
+        f" ours: a comma list of {', '.join(PEERS)}, or all (each installed into its own venv under"
+        " --cache-dir/peers on first use)",
+    )
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-qa", action="store_true")
     p.add_argument("--setup-tools", action="store_true", help="install wrk / matplotlib / perf_analyzer if missing")
@@ -833,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     ceiling = offline_ceiling(ctx)
     served = serve(ctx, ceiling)
     versus = versus_phase(ctx, with_int8="int8" in ctx.phases, with_naive="naive" in ctx.phases)
-    write_outputs(ctx, assemble(ctx, ceiling, served, versus))
+    peers = peers_phase.run(ctx, ctx.args.peers) if ctx.args.peers else None
+    write_outputs(ctx, assemble(ctx, ceiling, served, versus, peers))
     return 0
 
 
@@ -1070,8 +1080,11 @@ def memory_after_load(ctx: Context, server: ServerProcess) -> dict[str, Any]:
     return memory
 
 
-def assemble(ctx: Context, ceiling: Ceiling, served: Served, versus: dict[str, Any]) -> dict[str, Any]:
-    """Everything measured, as bench.json holds it (the report renders from this alone)."""
+def assemble(
+    ctx: Context, ceiling: Ceiling, served: Served, versus: dict[str, Any], peers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything measured, as bench.json holds it (the report renders from this alone); `peers`
+    only when --peers asked for them."""
     args = ctx.args
     summary = summarize(
         device=args.device,
@@ -1085,7 +1098,11 @@ def assemble(ctx: Context, ceiling: Ceiling, served: Served, versus: dict[str, A
         memory=served.memory,
         ab_root=args.ab_root,
     )
-    return {
+    if peers is not None:
+        best = peers.get("best_32") or {}
+        summary["ours_over_best_peer_32"] = best.get("ratio")
+        summary["best_peer_32"] = best.get("best_peer")
+    results = {
         "meta": {
             "quick": ctx.plan.quick,
             "command": shlex.join(["loadtests/bench", *(ctx.argv if ctx.argv is not None else sys.argv[1:])]),
@@ -1117,6 +1134,9 @@ def assemble(ctx: Context, ceiling: Ceiling, served: Served, versus: dict[str, A
         "memory": served.memory,
         "notes": ctx.notes,
     }
+    if peers is not None:
+        results["peers"] = peers
+    return results
 
 
 def write_outputs(ctx: Context, results: dict[str, Any]) -> None:
