@@ -571,12 +571,15 @@ def plot_peers(peers: dict[str, Any], out_dir: Path, plt: Any) -> Path | None:
         style = {"linewidth": 2.5, "color": "black"} if server == figures.OURS else {}
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=title, **style)
     ax.set_xscale("log", base=2)
+    clients = sorted({int(r["clients"]) for r in table})
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("concurrent clients (closed loop)")
-    ax.set_ylabel("sequences / s")
+    ax.set_ylabel("sequences / s (median of the rounds)")
     ax.set_title("Throughput against clients: ours and the peers (same model, inputs, load generator)")
     ax.title.set_fontsize(9)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="best")
     path = out_dir / "peers_throughput_vs_clients.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
