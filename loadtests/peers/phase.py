@@ -71,8 +71,8 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
         status[name] = {"title": peer.title, "version": f"{peer.package}=={peer.version}", "available": False}
         try:
             launch = prepare(ctx, peer, cache, files, batching)
-        except PeerUnavailable as exc:
-            status[name]["reason"] = str(exc)
+        except (PeerUnavailable, OSError, ValueError) as exc:
+            status[name]["reason"] = str(exc) if isinstance(exc, PeerUnavailable) else f"{type(exc).__name__}: {exc}"
             ctx.log(f"peer {name}: unavailable: {exc}")
             continue
         status[name]["settings"] = launch.settings
@@ -246,7 +246,8 @@ def agreement(contender: Contender, ours: Contender, peer: Peer | None) -> dict[
     return {"texts": len(texts), "same_label": same, "max_score_difference": worst}
 
 
-def log_tail(path: Path | None, lines: int = 6) -> str:
+def log_tail(path: Path | None) -> str:
+    """The last telling lines of a server's log, for the reason a peer did not start."""
     if path is None or not path.exists():
         return ""
     text = last_error(path.read_text(errors="replace"), limit=600)
