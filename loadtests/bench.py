@@ -1102,6 +1102,7 @@ def assemble(
         best = peers.get("best_32") or {}
         summary["ours_over_best_peer_32"] = best.get("ratio")
         summary["best_peer_32"] = best.get("best_peer")
+        summary["ours_over_best_peer_32_cpu"] = (peers.get("best_32_cpu") or {}).get("ratio")
     results = {
         "meta": {
             "quick": ctx.plan.quick,

@@ -208,6 +208,9 @@ def peers_line(results: dict[str, Any], add: Any) -> None:
     rounds = len(best.get("rounds") or [])
     detail = f"best: {title}; median of {rounds} side-by-side rounds" if title else "no peer measured"
     add(f"ours fp32 REST @32 ÷ best peer @32 ({detail})", times(value), ">= 2x", None if value is None else value >= 2)
+    per_cpu = s.get("ours_over_best_peer_32_cpu")
+    if per_cpu is not None:
+        add("ours ÷ best peer @32 per server CPU-second (noise-robust estimate)", times(per_cpu), "(info)", None)
 
 
 def peers_section(peers: dict[str, Any]) -> list[str]:
@@ -245,12 +248,15 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                 fmt(ms(r["p99_s"])),
                 str(r["errors"]),
                 fmt(r.get("server_cores"), 2),
+                fmt(r.get("per_cpu_s")),
                 fmt(r.get("client_cores"), 2),
                 fmt(r.get("other_cores"), 2),
                 "-" if r["server"] == "ours" else times(r.get("ours_over")),
+                "-" if r["server"] == "ours" else times(r.get("ours_over_cpu")),
             ]
         )
     best = peers.get("best_32") or {}
+    best_cpu = peers.get("best_32_cpu") or {}
     parts = [
         "## Peers",
         "",
@@ -258,7 +264,8 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         " classifier's fp32 graph; infinity the same graph in a Hugging Face layout), the same texts and"
         f" the same load generator. {peers.get('method', '')}. seq/s is the median over the rounds;"
         " latency, errors and CPU are the median round's; server cores count the server's whole process"
-        " tree; ours ÷ server is the median of the rounds' own ratios.",
+        " tree and seq/CPU-s is the throughput per CPU-second of it (median over the rounds); ours ÷"
+        " server is the median of the rounds' own ratios.",
         "",
         markdown_table(
             ["server", "version", "available", "answers vs ours", "RSS MB (process tree)", "processes"],
@@ -279,9 +286,11 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                     "p99 ms",
                     "errors",
                     "server cores",
+                    "seq/CPU-s",
                     "client cores",
                     "other cores",
                     "ours ÷ server",
+                    "ours ÷ server per CPU-s",
                 ],
                 rows,
             ),
@@ -291,6 +300,13 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         parts += [
             f"Ours ÷ the best peer of each round @32: {', '.join(times(x) for x in best['rounds'])};"
             f" median **{times(best.get('ratio'))}** (goal >= 2x).",
+            "",
+        ]
+    if best_cpu.get("rounds"):
+        parts += [
+            "Per server CPU-second (sequences per CPU-second of each server's process tree, robust to other"
+            " processes taking cores on a shared host), ours ÷ the best peer of each round @32:"
+            f" {', '.join(times(x) for x in best_cpu['rounds'])}; median {times(best_cpu.get('ratio'))}.",
             "",
         ]
     return parts

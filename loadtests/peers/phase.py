@@ -111,6 +111,7 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
         "runs": runs,
         "table": rows,
         "best_32": figures.ours_over_best(runs, peers_measured, 32) if peers_measured else None,
+        "best_32_cpu": figures.ours_over_best(runs, peers_measured, 32, "per_cpu_s") if peers_measured else None,
     }
 
 

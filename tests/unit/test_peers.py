@@ -208,7 +208,7 @@ def test_last_error_keeps_the_telling_lines() -> None:
 # -- the figures ----------------------------------------------------------------------------------------
 
 
-def _run(server: str, round_: int, clients: int, seqs: float, errors: int = 0) -> dict:
+def _run(server: str, round_: int, clients: int, seqs: float, errors: int = 0, cores: float = 1.9) -> dict:
     return {
         "server": server,
         "round": round_,
@@ -216,7 +216,7 @@ def _run(server: str, round_: int, clients: int, seqs: float, errors: int = 0) -
         "seqs_per_s": seqs,
         "errors": errors,
         "latency": {"p50_s": 1 / seqs, "p99_s": 3 / seqs},
-        "cpu": {"server_cores": 1.9, "client_cores": 0.01, "other_cores": 0.05},
+        "cpu": {"wall_s": 6.0, "server_cores": cores, "client_cores": 0.01, "other_cores": 0.05},
     }
 
 
@@ -246,6 +246,21 @@ def test_ratios_compare_rounds_side_by_side() -> None:
     assert figures.ours_over_best(RUNS, [], 32)["ratio"] is None
 
 
+def test_per_cpu_second_figures_use_each_server_s_own_cpu() -> None:
+    assert figures.per_cpu_s(_run("ours", 1, 32, 100.0, cores=0.5)) == pytest.approx(200.0)
+    assert figures.per_cpu_s({"seqs_per_s": 10.0, "cpu": {}}) is None
+    runs = [
+        _run("ours", 1, 32, 100.0, cores=0.5),  # 200 a CPU-second: fewer cores, more from each
+        _run("litserve", 1, 32, 120.0, cores=1.2),  # 100
+        _run("pytriton", 1, 32, 60.0, cores=0.4),  # 150: the best per CPU-second, not in throughput
+    ]
+    assert figures.ours_over_best(runs, ["litserve", "pytriton"], 32)["ratio"] == pytest.approx(100 / 120)
+    by_cpu = figures.ours_over_best(runs, ["litserve", "pytriton"], 32, "per_cpu_s")
+    assert by_cpu["ratio"] == pytest.approx(200 / 150) and by_cpu["best_peer"] == "pytriton"
+    row = figures.table(runs, ["litserve"], [32])[0]
+    assert row["per_cpu_s"] == pytest.approx(100.0) and row["ours_over_cpu"] == pytest.approx(2.0)
+
+
 def test_table_takes_medians_and_the_median_round() -> None:
     rows = figures.table(RUNS, ["ours", "litserve", "pytriton"], [1, 8, 32])
     by = {(r["server"], r["clients"]): r for r in rows}
@@ -263,7 +278,13 @@ def test_table_takes_medians_and_the_median_round() -> None:
 def _results_with_peers() -> dict:
     table = figures.table(RUNS, ["ours", "litserve", "pytriton"], [1, 32])
     best = figures.ours_over_best(RUNS, ["litserve", "pytriton"], 32)
-    summary = {"ours_over_best_peer_32": best["ratio"], "best_peer_32": best["best_peer"], "models_loaded": 4}
+    best_cpu = figures.ours_over_best(RUNS, ["litserve", "pytriton"], 32, "per_cpu_s")
+    summary = {
+        "ours_over_best_peer_32": best["ratio"],
+        "best_peer_32": best["best_peer"],
+        "ours_over_best_peer_32_cpu": best_cpu["ratio"],
+        "models_loaded": 4,
+    }
     meta = {
         "quick": True,
         "command": "loadtests/bench --quick --peers all",
@@ -296,7 +317,14 @@ def _results_with_peers() -> dict:
         },
         "infinity": {"title": "infinity", "available": False, "reason": "pip install infinity-emb failed (1): boom"},
     }
-    peers = {"method": "4 servers up at once", "servers": servers, "runs": RUNS, "table": table, "best_32": best}
+    peers = {
+        "method": "4 servers up at once",
+        "servers": servers,
+        "runs": RUNS,
+        "table": table,
+        "best_32": best,
+        "best_32_cpu": best_cpu,
+    }
     return {"meta": meta, "summary": summary, "offline": {"sweep": []}, "closed": [], "open": [], "peers": peers}
 
 
@@ -304,8 +332,9 @@ def test_targets_carry_ours_over_the_best_peer_with_the_2x_goal() -> None:
     rows = {r[0]: r for r in targets(_results_with_peers())}
     row = rows["ours fp32 REST @32 ÷ best peer @32 (best: LitServe; median of 3 side-by-side rounds)"]
     assert row[1:] == ["2.00x", ">= 2x", "yes"]
+    assert rows["ours ÷ best peer @32 per server CPU-second (noise-robust estimate)"][1:] == ["2.00x", "(info)", "-"]
     none = _results_with_peers()
-    none["summary"].update(ours_over_best_peer_32=None, best_peer_32=None)
+    none["summary"].update(ours_over_best_peer_32=None, best_peer_32=None, ours_over_best_peer_32_cpu=None)
     assert targets(none)[-2][1:] == ["-", ">= 2x", "-"]
 
 
@@ -315,12 +344,12 @@ def test_render_has_the_peers_table_and_the_unavailable_reason() -> None:
     header = next(line for line in text.splitlines() if line.startswith("| server") and "clients" in line)
     cells = [c.strip() for c in header.strip("|").split("|")]
     assert cells[:7] == ["server", "clients", "seq/s", "p50 ms", "p99 ms", "errors", "server cores"]
-    assert cells[-1] == "ours ÷ server"
+    assert cells[-2:] == ["ours ÷ server", "ours ÷ server per CPU-s"]
     assert "NO: pip install infinity-emb failed (1): boom" in text
     assert "16/16 same label" in text
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
     lit32 = next(r for r in rows if r[:2] == ["LitServe", "32"])
-    assert lit32[2] == "70.0" and lit32[-1] == "3.00x"
+    assert lit32[2] == "70.0" and lit32[-2:] == ["3.00x", "3.00x"]  # the same CPU for all here
     assert "median **2.00x** (goal >= 2x)" in text
 
 
