@@ -51,10 +51,13 @@ from loadtests import data, procstat, report
 from loadtests.clients import perf_analyzer as pa
 from loadtests.clients import python_client, wrk
 from loadtests.offline import OfflineBench, OfflineConfig, encode_items, grid, padding_ratio, plan_batches
+from loadtests.peers import PEERS, parse_peers
+from loadtests.peers import phase as peers_phase
 from loadtests.promscrape import BatchStats, Samples, parse, value
 from loadtests.schedule import rate_ladder
 from loadtests.servers import HOST, ServerProcess, electra_server, naive_server, offered_protocols
 from loadtests.stats import median, ratio
+from loadtests.summary import summarize
 from server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,9 +148,23 @@ class Context:
     notes: list[str] = field(default_factory=list)
     protocols: dict[str, bool] = field(default_factory=dict)
     ab_server: ServerProcess | None = None
+    argv: list[str] | None = None  # as given to main (None: sys.argv)
+    started: float = 0.0  # time.monotonic() at the start of the run
+    dataset: str = ""  # the inputs, described for the report
+    cores: int = 1
+    client_cores: list[int] | None = None
+    phases: set[str] = field(default_factory=set)
+
+    @property
+    def server_core_count(self) -> int:
+        return len(self.server_cores) if self.server_cores else self.cores
 
     def log(self, message: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+        log(message)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # ---------------------------------------------------------------- setup
@@ -711,7 +728,7 @@ def gpu_memory() -> str | None:
     return done.stdout.strip() or None
 
 
-# ---------------------------------------------------------------- main
+# ---------------------------------------------------------------- arguments
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -788,6 +805,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ab-root",
         help="also run the server from this checkout and measure it in every side-by-side round (A/B)",
     )
+    p.add_argument(
+        "--peers",
+        type=parse_peers,
+        help="also measure other servers on the same model, inputs and load generator, side by side with"
+        f" ours: a comma list of {', '.join(PEERS)}, or all (each installed into its own venv under"
+        " --cache-dir/peers on first use)",
+    )
     p.add_argument("--skip-naive", action="store_true")
     p.add_argument("--skip-qa", action="store_true")
     p.add_argument("--setup-tools", action="store_true", help="install wrk / matplotlib / perf_analyzer if missing")
@@ -809,7 +833,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+# ---------------------------------------------------------------- the run, step by step
+
+
 def main(argv: list[str] | None = None) -> int:
+    ctx = setup(argv)
+    ceiling = offline_ceiling(ctx)
+    served = serve(ctx, ceiling)
+    versus = versus_phase(ctx, with_int8="int8" in ctx.phases, with_naive="naive" in ctx.phases)
+    peers = peers_phase.run(ctx, ctx.args.peers) if ctx.args.peers else None
+    write_outputs(ctx, assemble(ctx, ceiling, served, versus, peers))
+    return 0
+
+
+def setup(argv: list[str] | None) -> Context:
+    """Arguments, output folders, tools, the device, the models, the inputs and the cores."""
     args = parse_args(argv)
     plan = make_plan(args)
     out = Path(args.results)
@@ -822,29 +860,17 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     if args.setup_tools:
         setup_tools(notes)
-
-    def log(message: str) -> None:
-        print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
     if args.device == "cuda":
-        from server.core import cuda
-
-        cuda.preload_dlls()
-        usable, reason = cuda.cuda_usable()
-        if not usable:
-            raise SystemExit(f"--device cuda: CUDA is not usable here: {reason}")
-        if not args.server_arg:
-            # Bigger batches pay on a GPU; the token budget is what bounds memory.
-            args.server_arg = ["--max-batch-size=128", "--max-batch-tokens=16384"]
+        prepare_cuda(args)
     repository, model, qa_model, checkpoint = resolve_models(args, scratch, log)
     bodies_file, bodies, qa_file, pa_file, dataset = write_inputs(args, plan, scratch, repository, model, qa_model)
     cores = os.cpu_count() or 1
-    server_cores = client_cores = None
-    if args.pin:
-        if cores < 2:
-            raise SystemExit("--pin needs at least 2 cores")
-        server_cores, client_cores = list(range(cores - 1)), [cores - 1]
-    ctx = Context(
+    server_cores, client_cores = split_cores(cores) if args.pin else (None, None)
+    if not wrk.available():
+        notes.append(wrk.INSTALL_HINT + " (REST closed loop used the Python client)")
+    if pa.find() is None:
+        notes.append(pa.INSTALL_HINT + " (KServe v2 rows skipped)")
+    return Context(
         args=args,
         plan=plan,
         out=out,
@@ -861,31 +887,71 @@ def main(argv: list[str] | None = None) -> int:
         server_cores=server_cores,
         client_prefix=["taskset", "-c", ",".join(map(str, client_cores))] if client_cores else [],
         notes=notes,
+        argv=argv,
+        started=started,
+        dataset=dataset,
+        cores=cores,
+        client_cores=client_cores,
+        phases=wanted_phases(args),
     )
-    if not wrk.available():
-        notes.append(wrk.INSTALL_HINT + " (REST closed loop used the Python client)")
-    if pa.find() is None:
-        notes.append(pa.INSTALL_HINT + " (KServe v2 rows skipped)")
-    server_core_count = len(server_cores) if server_cores else cores
+
+
+def prepare_cuda(args: argparse.Namespace) -> None:
+    """Fail at once when CUDA is not really usable; GPU defaults for the server's batches."""
+    from server.core import cuda
+
+    cuda.preload_dlls()
+    usable, reason = cuda.cuda_usable()
+    if not usable:
+        raise SystemExit(f"--device cuda: CUDA is not usable here: {reason}")
+    if not args.server_arg:
+        # Bigger batches pay on a GPU; the token budget is what bounds memory.
+        args.server_arg = ["--max-batch-size=128", "--max-batch-tokens=16384"]
+
+
+def split_cores(cores: int) -> tuple[list[int], list[int]]:
+    """--pin: the server (and the offline runs) on all cores but the last, the clients on the last."""
+    if cores < 2:
+        raise SystemExit("--pin needs at least 2 cores")
+    return list(range(cores - 1)), [cores - 1]
+
+
+def wanted_phases(args: argparse.Namespace) -> set[str]:
     phases = set(args.phases.split(","))
     if args.skip_naive:
         phases.discard("naive")
     if args.skip_qa:
         phases.discard("qa")
+    return phases
 
-    # -- offline ceiling (before the server starts: nothing else of ours runs meanwhile)
+
+@dataclass
+class Ceiling:
+    """The offline step's outcome: the sweep, and what the side-by-side rounds measure again."""
+
+    bench: OfflineBench
+    rows: list[Any]  # the sample tokenized beforehand (model-only runs)
+    sample: list[str]  # the same texts (runs with tokenization)
+    offline: dict[str, Any]
+    contenders: list[OfflineConfig]
+
+
+def offline_ceiling(ctx: Context) -> Ceiling:
+    """The model alone through the server's runtime, before the server starts (nothing else of ours
+    runs meanwhile): a sweep, or the configuration given, and the contenders for the rounds."""
+    args, plan, bodies = ctx.args, ctx.plan, ctx.bodies_list
     texts = [b["inputs"] for b in bodies] if args.inputs_per_request == 1 else [t for b in bodies for t in b["inputs"]]
     sample = texts[: plan.offline_rows]
-    rows = [r[0] for r in encode_items(repository / model, sample)]
-    bench = OfflineBench(repository / model, args.device)
+    rows = [r[0] for r in encode_items(ctx.repository / ctx.model, sample)]
+    bench = OfflineBench(ctx.repository / ctx.model, args.device)
     if args.offline_config:
         b, order, threads, sessions = args.offline_config.split(",")
         best = OfflineConfig(int(b), order, int(threads), int(sessions))
         offline = {"sweep": [], "best": {"label": best.label, "config": asdict(best)}, "rows": len(rows)}
-    elif "sweep" in phases or "rounds" in phases:
-        log(f"offline sweep on {len(rows)} rows of the {args.dataset} set ({args.device})")
-        with affinity(server_cores):
-            offline = offline_phase(ctx, bench, rows, server_core_count)
+    elif "sweep" in ctx.phases or "rounds" in ctx.phases:
+        ctx.log(f"offline sweep on {len(rows)} rows of the {args.dataset} set ({args.device})")
+        with affinity(ctx.server_cores):
+            offline = offline_phase(ctx, bench, rows, ctx.server_core_count)
         best = OfflineConfig(**offline["best"]["config"])
     else:
         best = OfflineConfig(1, "fifo", 0, 1)
@@ -898,224 +964,193 @@ def main(argv: list[str] | None = None) -> int:
     offline["providers"] = bench.runtime(best.threads, best.sessions).providers
     if args.device == "cuda" and "CUDAExecutionProvider" not in offline["providers"]:
         raise SystemExit(f"offline runtime fell back to {offline['providers']}: no GPU numbers would be true")
+    return Ceiling(bench, rows, sample, offline, contenders)
 
-    # -- the server
+
+@dataclass
+class Served:
+    """What the server's own phases measured."""
+
+    model: dict[str, Any]  # the benchmarked model as GET /v1/models describes it
+    protocols: list[str]
+    rounds: list[dict[str, Any]]
+    closed: list[dict[str, Any]]
+    opened: list[dict[str, Any]]
+    qa: dict[str, Any] | None
+    memory: dict[str, Any]
+
+
+def serve(ctx: Context, ceiling: Ceiling) -> Served:
+    """The server with every demo model: side-by-side rounds with the ceiling, closed loop, open
+    loop, long-context QA and memory; the servers stop at the end, on error too."""
     server = electra_server(
-        repository,
-        device=args.device,
-        extra_args=args.server_arg,
-        cores=server_cores,
-        log_path=logs / "electra-serve.log",
+        ctx.repository,
+        device=ctx.args.device,
+        extra_args=ctx.args.server_arg,
+        cores=ctx.server_cores,
+        log_path=ctx.logs / "electra-serve.log",
     )
-    log(f"starting electra-serve ({shlex.join(server.command)})")
+    ctx.log(f"starting electra-serve ({shlex.join(server.command)})")
     server.start()
     ctx.server = server
-    results: dict[str, Any] = {}
-    if args.ab_root:
-        ctx.ab_server = electra_server(
-            repository,
-            device=args.device,
-            extra_args=args.server_arg,
-            cores=server_cores,
-            log_path=logs / "electra-serve-ab.log",
-            source_root=Path(args.ab_root),
-        )
-        log(f"starting the A/B baseline server from {args.ab_root}")
-        ctx.ab_server.start()
-        load(ctx, "rest", concurrency=8, duration_s=1, server=ctx.ab_server)
     try:
-        described = httpx.get(server.url + "/v1/models", timeout=10).json()["models"]
-        served_model = next(m for m in described if m["name"] == model)
-        if args.device == "cuda" and "CUDAExecutionProvider" not in served_model.get("providers", []):
-            raise SystemExit(f"the server's {model} runs on {served_model.get('providers')}: not on the GPU")
-        memory: dict[str, Any] = {"server RSS after warm-up (MB)": round(procstat.rss_bytes(server.pid) / 2**20, 1)}
-        memory["models loaded"] = len(described)
-        if args.device == "cuda":
-            memory["GPU after warm-up"] = gpu_memory()
-        ctx.protocols = offered_protocols(server)
-        # The typed service's Stream method comes with its unary methods.
-        ctx.protocols["grpc-stream"] = ctx.protocols.get("grpc", False)
-        wanted = [p for p in args.protocols.split(",") if p]
-        protocols = [p for p in wanted if ctx.protocols.get(p)]
-        if pa.find() is None or pa_file is None:
-            protocols = [p for p in protocols if not p.startswith("v2-")]
-        for p in wanted:
-            if p not in protocols:
-                notes.append(f"{p}: not measured (offered by the server: {ctx.protocols.get(p, False)})")
-        log(f"protocols measured: {', '.join(protocols)}")
-
+        if ctx.args.ab_root:
+            start_ab_server(ctx)
+        served_model, memory = describe_server(ctx, server)
+        protocols = measured_protocols(ctx, server)
         # Warm the server's paths once (connections, first-request code paths).
         load(ctx, "rest", concurrency=8, duration_s=1)
         rounds = (
-            rounds_phase(ctx, bench, rows, sample, contenders) if "rest" in protocols and "rounds" in phases else []
+            rounds_phase(ctx, ceiling.bench, ceiling.rows, ceiling.sample, ceiling.contenders)
+            if "rest" in protocols and "rounds" in ctx.phases
+            else []
         )
-        bench.close()
-        closed = closed_phase(ctx, protocols, rounds) if "closed" in phases else []
-        rest_closed = [r for r in closed if r["protocol"] == "rest"]
-        saturation = max((r["throughput"] for r in rest_closed), default=0.0)
+        ceiling.bench.close()
+        closed = closed_phase(ctx, protocols, rounds) if "closed" in ctx.phases else []
+        saturation = max((r["throughput"] for r in closed if r["protocol"] == "rest"), default=0.0)
         open_protocols = [
-            p for p in args.open_protocols.split(",") if ctx.protocols.get(p) and p in ("rest", "grpc", "grpc-stream")
+            p
+            for p in ctx.args.open_protocols.split(",")
+            if ctx.protocols.get(p) and p in ("rest", "grpc", "grpc-stream")
         ]
-        opened = open_phase(ctx, saturation, open_protocols) if saturation and "open" in phases else []
-        qa = qa_phase(ctx, server_core_count) if "qa" in phases else None
+        opened = open_phase(ctx, saturation, open_protocols) if saturation and "open" in ctx.phases else []
+        qa = qa_phase(ctx, ctx.server_core_count) if "qa" in ctx.phases else None
         settle(server)
-        memory["server RSS after the load, settled (MB)"] = round(procstat.rss_bytes(server.pid) / 2**20, 1)
-        memory["server peak RSS (MB)"] = round(procstat.peak_rss_bytes(server.pid) / 2**20, 1)
-        if args.device == "cuda":
-            memory["GPU after the load"] = gpu_memory()
+        memory.update(memory_after_load(ctx, server))
     finally:
         server.stop()
         if ctx.ab_server is not None:
             ctx.ab_server.stop()
-    versus = versus_phase(ctx, with_int8="int8" in phases, with_naive="naive" in phases)
-    int8, naive = versus.get("int8"), versus.get("naive") or []
+    return Served(served_model, protocols, rounds, closed, opened, qa, memory)
 
-    # -- summary
-    rest32 = median([r["served"] for r in rounds]) if rounds else None
-    ceiling = median([r["offline"] for r in rounds]) if rounds else offline["best"].get("seqs_per_s")
-    # The noise on this kind of host drifts within seconds: each round's ratio compares
-    # neighbours in time, and their median is the figure of merit.
-    round_ratio = median([r["served"] / r["offline"] for r in rounds]) if rounds else None
-    # Noise-robust estimate: sequences per CPU-second of the server (all its threads) against
-    # sequences per CPU-second of the offline run, scaled by the cores the load generator leaves
-    # to the server. Other processes steal wall time from both, not the work per CPU-second.
-    efficiency = [
-        r["served_per_cpu_s"] / r["offline_per_cpu_s"] * (cores - (r.get("client_cores") or 0)) / cores
-        for r in rounds
-        if r.get("served_per_cpu_s") and r.get("offline_per_cpu_s")
-    ]
-    ceiling_tok = median([r["offline_tok"] for r in rounds]) if rounds else None
-    grpc_rounds = [r for r in rounds if r.get("grpc")]
-    grpc32 = next((r["seqs_per_s"] for r in closed if r["protocol"] == "grpc" and r["concurrency"] == 32), None)
-    grpc_over_rest = median([r["grpc"] / r["served"] for r in grpc_rounds]) if grpc_rounds else ratio(grpc32, rest32)
-    grpc_cpu = [
-        r["grpc_per_cpu_s"] / r["served_per_cpu_s"]
-        for r in grpc_rounds
-        if r.get("grpc_per_cpu_s") and r.get("served_per_cpu_s")
-    ]
-    stream_rounds = [r for r in rounds if r.get("grpc_stream")]
-    stream32 = next(
-        (r["seqs_per_s"] for r in closed if r["protocol"] == "grpc-stream" and r["concurrency"] == 32), None
+
+def start_ab_server(ctx: Context) -> None:
+    """--ab-root: the server from another checkout, measured in every side-by-side round."""
+    ctx.ab_server = electra_server(
+        ctx.repository,
+        device=ctx.args.device,
+        extra_args=ctx.args.server_arg,
+        cores=ctx.server_cores,
+        log_path=ctx.logs / "electra-serve-ab.log",
+        source_root=Path(ctx.args.ab_root),
     )
-    stream_over_rest = (
-        median([r["grpc_stream"] / r["served"] for r in stream_rounds]) if stream_rounds else ratio(stream32, rest32)
+    ctx.log(f"starting the A/B baseline server from {ctx.args.ab_root}")
+    ctx.ab_server.start()
+    load(ctx, "rest", concurrency=8, duration_s=1, server=ctx.ab_server)
+
+
+def describe_server(ctx: Context, server: ServerProcess) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The benchmarked model as the server describes it (on a GPU: really on it), and the memory
+    after warm-up."""
+    described = httpx.get(server.url + "/v1/models", timeout=10).json()["models"]
+    served_model = next(m for m in described if m["name"] == ctx.model)
+    if ctx.args.device == "cuda" and "CUDAExecutionProvider" not in served_model.get("providers", []):
+        raise SystemExit(f"the server's {ctx.model} runs on {served_model.get('providers')}: not on the GPU")
+    memory: dict[str, Any] = {"server RSS after warm-up (MB)": round(procstat.rss_bytes(server.pid) / 2**20, 1)}
+    memory["models loaded"] = len(described)
+    if ctx.args.device == "cuda":
+        memory["GPU after warm-up"] = gpu_memory()
+    return served_model, memory
+
+
+def measured_protocols(ctx: Context, server: ServerProcess) -> list[str]:
+    """The protocols asked for that the server offers (and that a client here can drive)."""
+    ctx.protocols = offered_protocols(server)
+    # The typed service's Stream method comes with its unary methods.
+    ctx.protocols["grpc-stream"] = ctx.protocols.get("grpc", False)
+    wanted = [p for p in ctx.args.protocols.split(",") if p]
+    protocols = [p for p in wanted if ctx.protocols.get(p)]
+    if pa.find() is None or ctx.pa_data is None:
+        protocols = [p for p in protocols if not p.startswith("v2-")]
+    for p in wanted:
+        if p not in protocols:
+            ctx.notes.append(f"{p}: not measured (offered by the server: {ctx.protocols.get(p, False)})")
+    ctx.log(f"protocols measured: {', '.join(protocols)}")
+    return protocols
+
+
+def memory_after_load(ctx: Context, server: ServerProcess) -> dict[str, Any]:
+    memory: dict[str, Any] = {
+        "server RSS after the load, settled (MB)": round(procstat.rss_bytes(server.pid) / 2**20, 1),
+        "server peak RSS (MB)": round(procstat.peak_rss_bytes(server.pid) / 2**20, 1),
+    }
+    if ctx.args.device == "cuda":
+        memory["GPU after the load"] = gpu_memory()
+    return memory
+
+
+def assemble(
+    ctx: Context, ceiling: Ceiling, served: Served, versus: dict[str, Any], peers: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Everything measured, as bench.json holds it (the report renders from this alone); `peers`
+    only when --peers asked for them."""
+    args = ctx.args
+    summary = summarize(
+        device=args.device,
+        cores=ctx.cores,
+        server_args=args.server_arg,
+        offline=ceiling.offline,
+        rounds=served.rounds,
+        closed=served.closed,
+        opened=served.opened,
+        versus=versus,
+        memory=served.memory,
+        ab_root=args.ab_root,
     )
-    stream_cpu = [
-        r["grpc_stream_per_cpu_s"] / r["served_per_cpu_s"]
-        for r in stream_rounds
-        if r.get("grpc_stream_per_cpu_s") and r.get("served_per_cpu_s")
-    ]
-    # The same compiled client (perf_analyzer) over both KServe v2 transports: the protocols compared
-    # without the Python gRPC client's extra CPU (one closed-loop run each, not side by side).
-    v2_at_32 = {
-        r["protocol"]: r["seqs_per_s"] for r in closed if r["protocol"].startswith("v2-") and r["concurrency"] == 32
-    }
-    half = min(opened, key=lambda r: abs(r["fraction"] - 0.5), default=None) if opened else None
-    seventy = min(opened, key=lambda r: abs(r["fraction"] - 0.7), default=None) if opened else None
-    delay_s = _server_flag(args.server_arg, "--max-queue-delay-ms", 2.0) / 1000
-    naive_best = versus.get("naive_best")
-    best_served = max((r["seqs_per_s"] for r in closed), default=None)
-    rest32_load = next((r for r in closed if r["protocol"] == "rest" and r["concurrency"] == 32), None)
-    summary = {
-        "ceiling": ceiling,
-        "ceiling_tokenized": ceiling_tok,
-        "served_32": rest32,
-        "served_over_ceiling": round_ratio if args.device == "cpu" and rounds else ratio(best_served, ceiling),
-        "served_over_ceiling_of_medians": ratio(rest32, ceiling),
-        "served_over_ceiling_cpu": median(efficiency) if efficiency else None,
-        "served_over_ceiling_tokenized": ratio(rest32, ceiling_tok),
-        "grpc_over_rest": grpc_over_rest,
-        "grpc_over_rest_cpu": median(grpc_cpu) if grpc_cpu else None,
-        "grpc_stream_over_rest": stream_over_rest,
-        "grpc_stream_over_rest_cpu": median(stream_cpu) if stream_cpu else None,
-        "v2_grpc_over_http": ratio(v2_at_32.get("v2-grpc"), v2_at_32.get("v2-http")),
-        "saturation": saturation,
-        "p99_half_saturation_s": half["latency"]["p99_s"] if half else None,
-        # "max queue delay + one batch's compute", the batch being the p99 of what requests rode in
-        # (x-inference-time), and, stricter, the mean batch of the run.
-        "p99_bound_s": 2 * (delay_s + _stage_p99(half, "x-inference-time"))
-        if _stage_p99(half, "x-inference-time")
-        else None,
-        "p99_bound_mean_s": 2 * (delay_s + half["batch_compute_s"]) if half and half.get("batch_compute_s") else None,
-        "p99_70_saturation_s": seventy["latency"]["p99_s"] if seventy else None,
-        "padding_ratio_32": (rest32_load or {}).get("batch", {}).get("mean_padding_ratio"),
-        "naive_seqs_per_s": naive_best,
-        "ours_over_naive": versus.get("ours_over_naive"),
-        "int8_over_naive": versus.get("int8_over_naive"),
-        "int8_over_ours": versus.get("int8_over_ours"),
-        "versus_rounds": len(versus.get("rounds") or []),
-        "int8_top1_agreement": int8.get("agreement") if int8 else None,
-        "server_rss_mb": memory.get("server RSS after the load, settled (MB)"),
-        "models_loaded": memory.get("models loaded"),
-        "best_served_seqs_per_s": best_served,
-        "gpu_memory": memory.get("GPU after the load"),
-        "other_cores_rounds": median([r["other_cores"] for r in rounds if r.get("other_cores") is not None])
-        if rounds
-        else None,
-    }
-    summary["other_cores_median"] = report.other_cores_median([*closed, *opened])
-    if any("served_ab" in r for r in rounds):
-        summary["ab_served_32"] = median([r["served_ab"] for r in rounds])
-        summary["ab_ratio"] = ratio(rest32, summary["ab_served_32"])
-        summary["ab_root"] = args.ab_root
+    if peers is not None:
+        best = peers.get("best_32") or {}
+        summary["ours_over_best_peer_32"] = best.get("ratio")
+        summary["best_peer_32"] = best.get("best_peer")
+        summary["ours_over_best_peer_32_cpu"] = (peers.get("best_32_cpu") or {}).get("ratio")
     results = {
         "meta": {
-            "quick": plan.quick,
-            "command": shlex.join(["loadtests/bench", *(argv if argv is not None else sys.argv[1:])]),
+            "quick": ctx.plan.quick,
+            "command": shlex.join(["loadtests/bench", *(ctx.argv if ctx.argv is not None else sys.argv[1:])]),
             "started": dt.datetime.now().isoformat(timespec="seconds"),
-            "host": f"{platform.node()}, {cores} cores, {_cpu_model()}, Python {platform.python_version()}",
+            "host": f"{platform.node()}, {ctx.cores} cores, {_cpu_model()}, Python {platform.python_version()}",
             "device": args.device,
-            "providers": ", ".join(offline.get("providers", [])),
-            "model": model,
-            "precision": served_model.get("precision"),
+            "providers": ", ".join(ceiling.offline.get("providers", [])),
+            "model": ctx.model,
+            "precision": served.model.get("precision"),
             "shape": args.model_shape,
-            "dataset": dataset,
+            "dataset": ctx.dataset,
             "server_args": " ".join(args.server_arg),
-            "pinning": f"server cores {server_cores}, clients {client_cores}" if args.pin else "none (shared cores)",
-            "clients": _clients_line(protocols),
-            "plan": asdict(plan),
-            "seconds": round(time.monotonic() - started, 1),
+            "pinning": f"server cores {ctx.server_cores}, clients {ctx.client_cores}"
+            if args.pin
+            else "none (shared cores)",
+            "clients": _clients_line(served.protocols),
+            "plan": asdict(ctx.plan),
+            "seconds": round(time.monotonic() - ctx.started, 1),
         },
         "summary": summary,
-        "offline": offline,
-        "rounds": [{k: v for k, v in r.items() if k != "load"} for r in rounds],
-        "closed": closed,
-        "open": opened,
-        "qa": qa,
-        "naive": naive,
-        "int8": int8,
+        "offline": ceiling.offline,
+        "rounds": [{k: v for k, v in r.items() if k != "load"} for r in served.rounds],
+        "closed": served.closed,
+        "open": served.opened,
+        "qa": served.qa,
+        "naive": versus.get("naive") or [],
+        "int8": versus.get("int8"),
         "versus": versus.get("rounds") or [],
-        "memory": memory,
-        "notes": notes,
+        "memory": served.memory,
+        "notes": ctx.notes,
     }
+    if peers is not None:
+        results["peers"] = peers
+    return results
+
+
+def write_outputs(ctx: Context, results: dict[str, Any]) -> None:
+    """bench.json, bench.md and the plots; the inputs' scratch folder goes."""
+    out = ctx.out
     (out / "bench.json").write_text(json.dumps(results, indent=1, default=str))
     text = report.render(results)
     (out / "bench.md").write_text(text + "\n")
     plots = report.plot(results, out)
-    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(ctx.scratch, ignore_errors=True)
     print()
     print(text)
     print(f"\nwritten: {out / 'bench.md'}, {out / 'bench.json'}" + "".join(f", {p}" for p in plots))
-    print(f"took {time.monotonic() - started:.0f}s")
-    return 0
-
-
-def _stage_p99(run: dict[str, Any] | None, stage: str) -> float | None:
-    """The p99 of a server-reported stage over a run's requests, in seconds."""
-    if not run:
-        return None
-    found = (run.get("extra") or {}).get("stages_ms", {}).get(stage)
-    return found["p99"] / 1000 if found else None
-
-
-def _server_flag(server_args: list[str], flag: str, default: float) -> float:
-    for i, arg in enumerate(server_args):
-        if arg.startswith(flag + "="):
-            return float(arg.split("=", 1)[1])
-        if arg == flag and i + 1 < len(server_args):
-            return float(server_args[i + 1])
-    env = os.environ.get("ELECTRA_" + flag.lstrip("-").replace("-", "_").upper())
-    return float(env) if env else default
+    print(f"took {time.monotonic() - ctx.started:.0f}s")
 
 
 def _cpu_model() -> str:

@@ -19,6 +19,48 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def tree_pids(pid: int) -> list[int]:
+    """The process and all its descendants alive now (servers that fork workers: LitServe's API and
+    inference processes, Triton's server and backend stubs)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants (each one's own threads). A child that exits
+    during a measurement takes its CPU with it: the servers measured keep their workers for good."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            total += cpu_seconds(p)
+        except OSError:
+            continue
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            total += rss_bytes(p)
+        except OSError:
+            continue
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     return _status_kb(pid, "VmRSS") * 1024
 
@@ -53,8 +95,9 @@ class CpuUse:
 class CpuMeter:
     """Measures the server's, the client's and everyone else's CPU over one load run."""
 
-    def __init__(self, server_pid: int | None) -> None:
+    def __init__(self, server_pid: int | None, *, tree: bool = False) -> None:
         self.server_pid = server_pid
+        self.tree = tree  # count the server's descendants too (servers made of several processes)
         self._start: tuple[float, float, float] | None = None
 
     def start(self) -> None:
@@ -74,6 +117,6 @@ class CpuMeter:
         if self.server_pid is None:
             return 0.0
         try:
-            return cpu_seconds(self.server_pid)
+            return tree_cpu_seconds(self.server_pid) if self.tree else cpu_seconds(self.server_pid)
         except OSError:
             return 0.0

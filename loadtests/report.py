@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from loadtests.peers import figures
 from loadtests.stats import fmt, markdown_table, median, ratio
 
 PROTOCOL_NAMES = {
@@ -171,6 +172,8 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                 ">= 5x",
                 n8 >= 5,
             )
+        if "ours_over_best_peer_32" in s:
+            peers_line(results, add)
         rss = s.get("server_rss_mb")
         add(
             f"server RSS ({s.get('models_loaded', '?')} models)",
@@ -191,6 +194,122 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
         )
         add("GPU memory used", s.get("gpu_memory", "-"), "reported", None)
     return out
+
+
+def peers_line(results: dict[str, Any], add: Any) -> None:
+    """The peers target: ours fp32 REST @32 ÷ the best peer @32, rounds side by side."""
+    s = results["summary"]
+    value = s.get("ours_over_best_peer_32")
+    peers = results.get("peers") or {}
+    best = peers.get("best_32") or {}
+    servers = peers.get("servers") or {}
+    name = s.get("best_peer_32")
+    title = (servers.get(name) or {}).get("title", name) if name else None
+    rounds = len(best.get("rounds") or [])
+    detail = f"best: {title}; median of {rounds} side-by-side rounds" if title else "no peer measured"
+    add(f"ours fp32 REST @32 ÷ best peer @32 ({detail})", times(value), ">= 2x", None if value is None else value >= 2)
+    per_cpu = s.get("ours_over_best_peer_32_cpu")
+    if per_cpu is not None:
+        add("ours ÷ best peer @32 per server CPU-second (noise-robust estimate)", times(per_cpu), "(info)", None)
+
+
+def peers_section(peers: dict[str, Any]) -> list[str]:
+    """## Peers: who ran with what, the figures per client count, ours ÷ each."""
+    if peers.get("skipped"):
+        return ["## Peers", "", f"Not measured: {peers['skipped']}.", ""]
+    servers = peers.get("servers") or {}
+    status_rows, configured = [], []
+    for name, st in servers.items():
+        settings = st.get("settings") or {}
+        agreement = st.get("agreement")
+        if settings:
+            configured.append(f"- {st.get('title', name)}: " + "; ".join(f"{k} {v}" for k, v in settings.items()))
+        status_rows.append(
+            [
+                st.get("title", name),
+                st.get("version", "-"),
+                "yes" if st.get("available") else f"NO: {st.get('reason', 'unknown')}",
+                f"{agreement['same_label']}/{agreement['texts']} same label, score within"
+                f" {agreement['max_score_difference']:.1e}"
+                if agreement
+                else "-",
+                fmt(st.get("rss_mb")),
+                str(st.get("processes", "-")),
+            ]
+        )
+    rows = []
+    for r in peers.get("table") or []:
+        rows.append(
+            [
+                (servers.get(r["server"]) or {}).get("title", r["server"]),
+                str(r["clients"]),
+                fmt(r["seqs_per_s"]),
+                fmt(ms(r["p50_s"])),
+                fmt(ms(r["p99_s"])),
+                str(r["errors"]),
+                fmt(r.get("server_cores"), 2),
+                fmt(r.get("per_cpu_s")),
+                fmt(r.get("client_cores"), 2),
+                fmt(r.get("other_cores"), 2),
+                "-" if r["server"] == "ours" else times(r.get("ours_over")),
+                "-" if r["server"] == "ours" else times(r.get("ours_over_cpu")),
+            ]
+        )
+    best = peers.get("best_32") or {}
+    best_cpu = peers.get("best_32_cpu") or {}
+    parts = [
+        "## Peers",
+        "",
+        "The servers people would pick instead, each in its own venv, on the same model (the demo"
+        " classifier's fp32 graph; infinity the same graph in a Hugging Face layout), the same texts and"
+        f" the same load generator. {peers.get('method', '')}. seq/s is the median over the rounds;"
+        " latency, errors and CPU are the median round's; server cores count the server's whole process"
+        " tree and seq/CPU-s is the throughput per CPU-second of it (median over the rounds); ours ÷"
+        " server is the median of the rounds' own ratios.",
+        "",
+        markdown_table(
+            ["server", "version", "available", "answers vs ours", "RSS MB (process tree)", "processes"],
+            status_rows,
+        ),
+        "",
+        *configured,
+        "",
+    ]
+    if rows:
+        parts += [
+            markdown_table(
+                [
+                    "server",
+                    "clients",
+                    "seq/s",
+                    "p50 ms",
+                    "p99 ms",
+                    "errors",
+                    "server cores",
+                    "seq/CPU-s",
+                    "client cores",
+                    "other cores",
+                    "ours ÷ server",
+                    "ours ÷ server per CPU-s",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if best.get("rounds"):
+        parts += [
+            f"Ours ÷ the best peer of each round @32: {', '.join(times(x) for x in best['rounds'])};"
+            f" median **{times(best.get('ratio'))}** (goal >= 2x).",
+            "",
+        ]
+    if best_cpu.get("rounds"):
+        parts += [
+            "Per server CPU-second (sequences per CPU-second of each server's process tree, robust to other"
+            " processes taking cores on a shared host), ours ÷ the best peer of each round @32:"
+            f" {', '.join(times(x) for x in best_cpu['rounds'])}; median {times(best_cpu.get('ratio'))}.",
+            "",
+        ]
+    return parts
 
 
 def render(results: dict[str, Any]) -> str:
@@ -380,6 +499,8 @@ def render(results: dict[str, Any]) -> str:
                 )
             parts += [markdown_table(headers, rows), ""]
         parts += [markdown_table(LOAD_HEADERS, _cells(load_rows(results["naive"]))), ""]
+    if results.get("peers"):
+        parts += peers_section(results["peers"])
     memory = results.get("memory")
     if memory:
         parts += [
@@ -448,7 +569,38 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
+    peers_plot = plot_peers(results.get("peers") or {}, out_dir, plt)
+    if peers_plot:
+        written.append(peers_plot)
     return written
+
+
+def plot_peers(peers: dict[str, Any], out_dir: Path, plt: Any) -> Path | None:
+    """peers_throughput_vs_clients.png: seq/s against clients, one line per server, ours included."""
+    table = peers.get("table") or []
+    if not table:
+        return None
+    servers = peers.get("servers") or {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for server, points in figures.series(table).items():
+        title = (servers.get(server) or {}).get("title", server)
+        style = {"linewidth": 2.5, "color": "black"} if server == figures.OURS else {}
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=title, **style)
+    ax.set_xscale("log", base=2)
+    clients = sorted({int(r["clients"]) for r in table})
+    ax.set_xticks(clients, [str(c) for c in clients])
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("concurrent clients (closed loop)")
+    ax.set_ylabel("sequences / s (median of the rounds)")
+    ax.set_title("Throughput against clients: ours and the peers (same model, inputs, load generator)")
+    ax.title.set_fontsize(9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    path = out_dir / "peers_throughput_vs_clients.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def other_cores_median(loads: Sequence[dict[str, Any]]) -> float | None:

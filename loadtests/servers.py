@@ -42,6 +42,10 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
     cwd: Path | None = None
+    # Signal the whole process group on stop, and make sure none of it outlives the server:
+    # for servers that fork workers (LitServe, Triton and its backend stubs).
+    group: bool = False
+    group_grace_s: float = 5.0  # how long the group's other members get after SIGTERM
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,6 +72,7 @@ class ServerProcess:
         with httpx.Client(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
+                    self.stop()  # what it forked, if anything
                     raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log_path}")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(self.url + self.ready_path).status_code == 200:
@@ -77,14 +82,44 @@ class ServerProcess:
         raise TimeoutError(f"{self.name} was not ready within {timeout_s:.0f}s; see {self.log_path}")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        if self.process is None or self.process.poll() is not None:
-            return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            self._end_group()
+            return self.process.returncode
+        self._signal(signal.SIGTERM)
         try:
-            return self.process.wait(timeout_s)
+            code = self.process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(5)
+            self._signal(signal.SIGKILL)
+            code = self.process.wait(5)
+        self._end_group()
+        return code
+
+    def _signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        if self.group:
+            # start_new_session made the server its group's leader: the group id is its pid.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
+
+    def _end_group(self) -> None:
+        """Whatever is left of the group once its leader is gone: asked to stop, then killed."""
+        if not self.group or self.process is None:
+            return
+        grace_s = self.group_grace_s
+        pgid = self.process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+            for sig, wait_s in ((None, grace_s), (signal.SIGKILL, 2.0)):
+                if sig is not None:
+                    os.killpg(pgid, sig)
+                deadline = time.monotonic() + wait_s
+                while time.monotonic() < deadline:
+                    os.killpg(pgid, 0)  # raises once no member is left (killed ones until reaped)
+                    time.sleep(0.05)
 
     def __enter__(self) -> ServerProcess:
         return self
