@@ -93,7 +93,9 @@ def _plain(value: Any) -> Any:
 class OnnxBackend:
     """One variant of an exported model, run as the server runs it."""
 
-    def __init__(self, model_dir: Path, precision: str, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(
+        self, model_dir: Path, precision: str, device: str = "cpu", threads: int = 0, manifest: Any = None
+    ) -> None:
         from server.core.manifest import Manifest
         from server.core.runtime import ModelLoadError, OnnxModelRuntime, RuntimeOptions
         from server.core.tasks import TASKS
@@ -102,7 +104,8 @@ class OnnxBackend:
         self.name = precision
         self.model_dir = Path(model_dir)
         try:
-            self.manifest = Manifest.read(self.model_dir)
+            # A model still being exported has its manifest in memory only.
+            self.manifest = manifest if manifest is not None else Manifest.read(self.model_dir)
             self.runtime = OnnxModelRuntime(
                 self.model_dir,
                 self.manifest,

@@ -104,4 +104,8 @@ def from_pretrained(
     own_config = AutoConfig.from_pretrained(location, revision=revision)
     options.setdefault("config", own_config)
     state_dict = _converted_state_dict(framework, str(path), own_config)
-    return model_class.from_pretrained(None, state_dict=state_dict, **options)
+    model, info = model_class.from_pretrained(None, state_dict=state_dict, **options)
+    # Loaded from a state dict, the model would name no checkpoint: optimum's exporter then looks
+    # for processor files of a hub model called "None" (network retries, minutes offline).
+    model.config._name_or_path = model.name_or_path = location
+    return model, info

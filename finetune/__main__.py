@@ -133,18 +133,30 @@ def main(argv: list[str] | None = None) -> int:
             print(f"validation {name}: {value:.2f}")
         print(f"checkpoint: {result.output}")
         if ns.export is not None:
+            from evaluation.export_hook import EvalRequest
             from export.exporter import default_name, export_checkpoint
 
+            # The validation file scores every exported variant into the manifest.
+            evaluation = (
+                EvalRequest(ns.validation_file, _args(ns).columns, ns.label_separator, max_answer_len=ns.max_answer_len)
+                if ns.validation_file
+                else None
+            )
             manifest, warnings = export_checkpoint(
                 str(result.output),
                 ns.export,
                 name=ns.export_name or default_name(str(result.output)),
                 precisions=precisions,
                 quiet=ns.quiet,
+                evaluation=evaluation,
             )
             for warning in warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             print(f"exported: {ns.export / manifest.name} ({', '.join(manifest.variants)})")
+            if manifest.evaluation is not None:
+                recorded = manifest.evaluation
+                scores = ", ".join(f"{v} {s[recorded.metric]:.2f}" for v, s in recorded.scores.items())
+                print(f"evaluation ({recorded.metric} on {recorded.data_file}): {scores}")
         return 0
     except DataError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

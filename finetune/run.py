@@ -193,6 +193,10 @@ def finetune(args: FinetuneArgs) -> FinetuneResult:
     if args.task not in (*TASKS, "discriminate"):
         raise DataError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}")
     quiet = args.options.quiet
+    if quiet:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # "You should probably TRAIN this model..." about the new head
     base = base_checkpoint(args.model, args.task, args.revision)
     prepared = _prepare(args, load_tokenizer(base), base.max_position_embeddings, base_label_names(base))
     train_count, validation_count = prepared.counts

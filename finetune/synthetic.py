@@ -247,10 +247,12 @@ def _plain_words(vocab: list[str]) -> list[str]:
 
 def replaced(count: int, seed: int, vocab: list[str], rate: float = 0.15) -> list[tuple[list[str], list[str]]]:
     """Sentences "the (adj) PERSON VERB the OBJECT" with ~`rate` of their words replaced (tag R) by a
-    random vocabulary word or by a grammar word that does not fit there (an object of another verb);
-    the others are tagged O. A fifth of the sentences are left untouched."""
+    vocabulary word from outside this small grammar; the others are tagged O. A fifth of the sentences
+    are left untouched."""
     rng = random.Random(seed)
-    words = _plain_words(vocab)
+    lexicon = {w for group in VERB_OBJECTS for w in group} | {w for o in VERB_OBJECTS.values() for w in o.split()}
+    lexicon |= set(PEOPLE) | set(ADJECTIVES) | {"the"}
+    words = [w for w in _plain_words(vocab) if w not in lexicon]
     groups = [(verbs, objects.split()) for verbs, objects in VERB_OBJECTS.items()]
     sentences = []
     for _ in range(count):
@@ -260,13 +262,7 @@ def replaced(count: int, seed: int, vocab: list[str], rate: float = 0.15) -> lis
         tags = ["O"] * len(tokens)
         if rng.random() >= 0.2:
             for i in range(len(tokens)):
-                if rng.random() < rate or (i == len(tokens) - 1 and "R" not in tags and rng.random() < 0.5):
-                    if i == len(tokens) - 1 and rng.random() < 0.5:
-                        other = rng.choice([o for v, o in groups if v != verbs])
-                        substitute = rng.choice(other)
-                    else:
-                        substitute = rng.choice(words)
-                    if substitute != tokens[i]:
-                        tokens[i], tags[i] = substitute, "R"
+                if rng.random() < rate:
+                    tokens[i], tags[i] = rng.choice(words), "R"
         sentences.append((tokens, tags))
     return sentences

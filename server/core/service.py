@@ -153,6 +153,7 @@ class LoadedModel:
             "problem_type": self.manifest.problem_type,
             "parity": variant.parity.model_dump(),
             "source": self.manifest.source.model_dump(),
+            "evaluation": self.manifest.evaluation.model_dump() if self.manifest.evaluation else None,
             "ready": self.batcher.healthy,
         }
 
