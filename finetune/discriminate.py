@@ -38,9 +38,9 @@ def features(sentences: list[TaggedSentence], tokenizer: Any, max_length: int) -
 
 def metric_function() -> Callable[[Any], dict[str, float]]:
     """Token accuracy and F1 of the `replaced` decision (logit > 0) over the attended positions."""
-    from sklearn.metrics import accuracy_score, f1_score
-
     def compute(prediction: Any) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
         logits, labels = np.asarray(prediction.predictions), np.asarray(prediction.label_ids)
         keep = labels != -100
         predicted, gold = (logits[keep] > 0).astype(int), labels[keep].astype(int)
