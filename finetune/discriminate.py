@@ -38,6 +38,7 @@ def features(sentences: list[TaggedSentence], tokenizer: Any, max_length: int) -
 
 def metric_function() -> Callable[[Any], dict[str, float]]:
     """Token accuracy and F1 of the `replaced` decision (logit > 0) over the attended positions."""
+
     def compute(prediction: Any) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
 
