@@ -36,6 +36,8 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY export ./export
 COPY proto ./proto
+COPY finetune ./finetune
+COPY evaluation ./evaluation
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1 \
 RUN pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     pip install "electra-serve[export] @ file://$(ls /wheels/electra_serve-*.whl)" "onnxruntime==${ORT_VERSION}"
-# The demo repository (four small seeded models, offline, a few seconds) that the servers ship.
+# The demo repository (four small models fine-tuned offline on synthetic sets, a few minutes) that the servers ship.
 RUN electra-export --demo --output /models
 RUN groupadd --system --gid 10001 electra \
     && useradd --system --uid 10001 --gid electra --home-dir /tmp --shell /usr/sbin/nologin electra

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from export.errors import ExportError
+from finetune.errors import DataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +23,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-len", type=int, help="default: the model's max_position_embeddings")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) for a model id")
     parser.add_argument("--demo", action="store_true", help="write the four embedded demo models, offline")
+    evaluation = parser.add_argument_group("evaluation (classify, qa, tag)")
+    evaluation.add_argument(
+        "--eval-file", type=Path, help="score every variant on this labelled file and record it in the manifest"
+    )
+    evaluation.add_argument("--text-column", default="text", help="classify: default text")
+    evaluation.add_argument("--text-pair-column", help="classify: second text of a pair")
+    evaluation.add_argument("--label-column", default="label", help="classify: label names or ids; default label")
+    evaluation.add_argument("--label-separator", default=",", help="classify: between multi-label labels")
+    evaluation.add_argument(
+        "--eval-max-drop", type=float, help="fail the export when a variant falls this many points below PyTorch"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     return parser
 
@@ -39,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
             raise ExportError("--model is required (or --demo)")
         from export.exporter import export_checkpoint, parse_precisions
 
+        evaluation = None
+        if args.eval_file is not None:
+            from evaluation.export_hook import EvalRequest
+            from finetune.classify import Columns
+
+            evaluation = EvalRequest(
+                args.eval_file,
+                Columns(args.text_column, args.text_pair_column, args.label_column),
+                args.label_separator,
+                max_drop=args.eval_max_drop,
+            )
         manifest, warnings = export_checkpoint(
             args.model,
             args.output,
@@ -48,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             max_seq_len=args.max_seq_len,
             revision=args.revision,
             quiet=args.quiet,
+            evaluation=evaluation,
         )
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
@@ -56,10 +80,18 @@ def main(argv: list[str] | None = None) -> int:
                 f"{manifest.name} {precision}: {variant.file} max_abs_error={variant.parity.max_abs_error:.3g} "
                 f"top1_agreement={variant.parity.top1_agreement:.4f}"
             )
+        if manifest.evaluation is not None:
+            recorded = manifest.evaluation
+            for variant, scores in recorded.scores.items():
+                score = scores[recorded.metric]
+                print(f"{manifest.name} {variant}: {recorded.metric}={score:.2f} on {recorded.data_file}")
         return 0
     except ExportError as exc:
         print(f"electra-export: error: {exc}", file=sys.stderr)
         return 1
+    except DataError as exc:  # an unusable --eval-file
+        print(f"electra-export: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -77,10 +77,11 @@ def load_model(checkpoint: Checkpoint):
     """The PyTorch model with its own head: ElectraForPreTraining keeps the discriminator head."""
     import transformers
 
+    from export.frameworks import from_pretrained
+
     model_class = getattr(transformers, checkpoint.architecture)
-    model, info = model_class.from_pretrained(
-        checkpoint.location, revision=checkpoint.revision, output_loading_info=True
-    )
+    # PyTorch, TensorFlow (tf_model.h5) or Flax (flax_model.msgpack) weights alike.
+    model, info = from_pretrained(model_class, checkpoint.location, checkpoint.source, revision=checkpoint.revision)
     missing = [k for k in info.get("missing_keys", []) if not k.endswith("position_ids")]
     if missing:
         # A head that was not in the checkpoint would be random: its outputs would be meaningless.

@@ -10,12 +10,16 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export import checkpoint as ckpt
 from export import onnx as onnx_export
 from export import optimize, parity
 from export.errors import ExportError
 from server.core.manifest import PRECISIONS, Manifest, Source, Variant
+
+if TYPE_CHECKING:
+    from evaluation.export_hook import EvalRequest
 
 VARIANT_FILES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
@@ -83,8 +87,13 @@ def export_checkpoint(
     revision: str | None = None,
     deterministic: bool = False,
     quiet: bool = False,
+    evaluation: EvalRequest | None = None,
 ) -> tuple[Manifest, list[str]]:
-    """Export `model` into `output/<name>`. Returns the manifest and any warnings; raises ExportError."""
+    """Export `model` into `output/<name>`. Returns the manifest and any warnings; raises ExportError
+    (and DataError for an unusable evaluation file).
+
+    evaluation: score the variants on a labelled file before publishing and record it in the manifest.
+    """
     name = name or default_name(model)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ExportError(f"invalid model name '{name}': use letters, digits, '.', '_' and '-'")
@@ -95,6 +104,12 @@ def export_checkpoint(
     if not 2 <= max_seq_len <= limit:
         raise ExportError(
             f"--max-seq-len {max_seq_len} must be between 2 and the model's max_position_embeddings {limit}"
+        )
+    if evaluation is not None:
+        from evaluation.export_hook import check_request
+
+        check_request(
+            evaluation, checkpoint.task, ckpt.labels_of(checkpoint), ckpt.problem_type_of(checkpoint), max_seq_len
         )
     progress(f"loading {checkpoint.architecture} ({checkpoint.task})")
     if deterministic:
@@ -179,6 +194,20 @@ def export_checkpoint(
             source=Source(model=checkpoint.source, revision=checkpoint.revision, architecture=checkpoint.architecture),
             exporter=tool_versions(),
         )
+        if evaluation is not None:
+            from evaluation.export_hook import evaluate_export
+
+            progress(f"evaluating every variant on {evaluation.file}")
+            manifest.evaluation, failures = evaluate_export(
+                staging, manifest, torch_model, tokenizer, evaluation, threads=1 if deterministic else 0
+            )
+            scores = ", ".join(
+                f"{variant} {values[manifest.evaluation.metric]:.2f}"
+                for variant, values in manifest.evaluation.scores.items()
+            )
+            progress(f"{manifest.evaluation.metric}: {scores}")
+            if failures:
+                raise ExportError(f"{name}: evaluation failed: {'; '.join(failures)}")
         # The manifest is written last, and the directory appears under its final name in one
         # rename: a killed export leaves only a hidden staging directory that no server loads.
         manifest.write(staging)

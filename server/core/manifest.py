@@ -59,6 +59,19 @@ class Source(BaseModel):
     architecture: str | None = None
 
 
+class Evaluation(BaseModel):
+    """A task metric measured on a labelled file at export time (`electra-export --eval-file`), per
+    variant: `scores` maps `pytorch` (the reference), `fp32`, `fp16`, `int8` to {metric: points}."""
+
+    model_config = ConfigDict(extra="allow")
+
+    metric: str
+    data_file: str
+    data_sha256: str
+    examples: int = 0
+    scores: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -78,6 +91,7 @@ class Manifest(BaseModel):
     variants: dict[Precision, Variant]
     source: Source
     exporter: dict[str, str] = Field(default_factory=dict)
+    evaluation: Evaluation | None = None
 
     @property
     def output_names(self) -> tuple[str, ...]:

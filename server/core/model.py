@@ -92,6 +92,7 @@ class ModelVersion:
                 "revision": self.manifest.source.revision,
                 "architecture": self.manifest.source.architecture,
             },
+            "evaluation": self.manifest.evaluation.model_dump() if self.manifest.evaluation else None,
             "ready": self.ready,
         }
         return described

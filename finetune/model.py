@@ -1,0 +1,72 @@
+"""The starting checkpoint: any ELECTRA discriminator (hub id or directory; PyTorch, TensorFlow or
+Flax weights), its tokenizer, and the model with the task's head and label set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from export import checkpoint as ckpt
+from export.errors import ExportError
+
+ARCHITECTURES = {
+    "classify": "ElectraForSequenceClassification",
+    "qa": "ElectraForQuestionAnswering",
+    "tag": "ElectraForTokenClassification",
+    "discriminate": "ElectraForPreTraining",
+}
+
+
+def base_checkpoint(model: str, task: str, revision: str | None = None) -> ckpt.Checkpoint:
+    """The checkpoint to start from, checked to be an ELECTRA discriminator (not a generator)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ExportError(f"{model}: not a Hugging Face checkpoint directory (no config.json)")
+        location = str(path.resolve())
+    elif model.startswith((".", "/", "~")) or not ckpt.HUB_ID.match(model):
+        raise ExportError(f"{model}: no such directory")
+    else:
+        location = model
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(location, revision=revision)
+    except Exception as exc:
+        raise ExportError(f"{model}: cannot load its config ({exc.__class__.__name__}: {exc})".splitlines()[0]) from exc
+    if config.model_type != "electra":
+        raise ExportError(f"{model}: model_type '{config.model_type}' is not ELECTRA; start from an ELECTRA checkpoint")
+    if "ElectraForMaskedLM" in (config.architectures or []):
+        raise ExportError(f"{model}: an ELECTRA generator (masked LM); fine-tune the discriminator instead")
+    return ckpt.Checkpoint(model, location, revision, config, task, ARCHITECTURES[task])
+
+
+def base_label_names(checkpoint: ckpt.Checkpoint) -> list[str] | None:
+    """The label names of a checkpoint that already has this task's head (continued fine-tuning)."""
+    if ARCHITECTURES[checkpoint.task] not in (checkpoint.config.architectures or []):
+        return None
+    id2label = checkpoint.config.id2label or {}
+    names = [str(id2label.get(i, id2label.get(str(i), ""))) for i in range(len(id2label))]
+    return None if all(n.startswith("LABEL_") for n in names) else names
+
+
+def load_model(checkpoint: ckpt.Checkpoint, label_config: dict[str, Any] | None = None, **config_updates: Any):
+    """The task model: the checkpoint's encoder and a new head (a head of another size is replaced)."""
+    import transformers
+    from transformers import AutoConfig
+
+    from export.frameworks import from_pretrained
+
+    config = AutoConfig.from_pretrained(checkpoint.location, revision=checkpoint.revision)
+    for key, value in {**(label_config or {}), **config_updates}.items():
+        setattr(config, key, value)
+    model_class = getattr(transformers, checkpoint.architecture)
+    model, _ = from_pretrained(
+        model_class,
+        checkpoint.location,
+        checkpoint.source,
+        revision=checkpoint.revision,
+        config=config,
+        ignore_mismatched_sizes=True,
+    )
+    return model
