@@ -80,7 +80,7 @@ def _backends(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[A
             absent = [p for p in wanted if p not in available]
             if absent:
                 raise BackendError(f"{ns.model_dir} has no {', '.join(absent)} variant (it has {', '.join(available)})")
-        from server.core.runtime import select_device
+        from server.core.device import select_device
 
         device = select_device(ns.device)
         backends.extend(OnnxBackend(ns.model_dir, precision, device) for precision in wanted)

@@ -96,8 +96,9 @@ class OnnxBackend:
     def __init__(
         self, model_dir: Path, precision: str, device: str = "cpu", threads: int = 0, manifest: Any = None
     ) -> None:
+        from server.core.errors import ModelLoadError
         from server.core.manifest import Manifest
-        from server.core.runtime import ModelLoadError, OnnxModelRuntime, RuntimeOptions
+        from server.core.runtime import OnnxModelRuntime, RuntimeOptions
         from server.core.tasks import TASKS
         from server.core.tokenizer import TokenizerPool
 
@@ -147,7 +148,8 @@ class OnnxBackend:
             offset = 0
             for item in encoded:
                 n = len(item.rows)
-                answers.append(self.task.decode(item, outputs[offset : offset + n], params, self.manifest))
+                value = self.task.decode(item, outputs[offset : offset + n], params, self.manifest)
+                answers.append(self.task.pipeline_json(value))  # what REST answers, as the server's backend gives
                 offset += n
         return answers
 
