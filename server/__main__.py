@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from server.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     elif not repository.is_dir():
         print(f"electra-serve: error: model repository {repository} is not a directory", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        return _supervise(settings, repository, sys.argv[1:] if argv is None else argv)
     import ssl
 
     from server.runner import Security, serve
@@ -40,14 +47,35 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, ssl.SSLError) as exc:
         print(f"electra-serve: error: {exc}", file=sys.stderr)
         return 2
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(serve(settings, repository, security))
+
+
+def _supervise(settings: Settings, repository: Path, argv: list[str]) -> int:
+    """--workers N: one model owner (this process) and N API processes (server.workers)."""
+    import os
+    import shutil
+    import tempfile
+
+    # Before prometheus_client is first imported, here and (inherited) in every worker.
+    metrics_dir = tempfile.mkdtemp(prefix="electra-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    from server.workers.supervisor import supervise
+
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(supervise(settings, repository, argv))
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _loop_factory():  # type: ignore[no-untyped-def]
     try:
         import uvloop
 
-        loop_factory = uvloop.new_event_loop
+        return uvloop.new_event_loop
     except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(settings, repository, security))
+        return None
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from pythonjsonlogger.json import JsonFormatter
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
+def configure(level: str = "info", fmt: str = "text", process: str | None = None) -> None:
+    """process: which process of a multi-process server this is (w0, w1, ... for the API workers)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(
@@ -22,11 +23,13 @@ def configure(level: str = "info", fmt: str = "text") -> None:
                 "{asctime}{levelname}{name}{message}",
                 style="{",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+                static_fields={"process": process} if process else None,
                 json_ensure_ascii=False,
             )
         )
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        tagged = TEXT_FORMAT.replace("%(name)s", f"[{process}] %(name)s") if process else TEXT_FORMAT
+        handler.setFormatter(logging.Formatter(tagged))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -8,11 +8,17 @@ which front end answered (rest | grpc | v2). `electra_dropped_total` counts requ
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.multiprocess import MultiProcessCollector
+
+# Set (by the multi-process front end, before prometheus_client is first imported) when several
+# processes report together.
+MULTIPROCESS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
 # `*_created` series double the exposition for no use on a scrape-based dashboard.
 disable_created_metrics()
@@ -77,17 +83,23 @@ class Metrics:
             buckets=RATIO_BUCKETS,
             registry=r,
         )
-        self.queue_depth = Gauge("electra_queue_depth", "Rows waiting for a model run", ["model"], registry=r)
-        self.ready_models = Gauge(
-            "electra_model_ready", "1 when the model is loaded and warmed up", ["model"], registry=r
+        # multiprocess_mode: how the API workers' and the model owner's values combine (--workers > 1).
+        self.queue_depth = Gauge(
+            "electra_queue_depth", "Rows waiting for a model run", ["model"], registry=r, multiprocess_mode="livesum"
         )
+        self.ready_models = Gauge(
+            "electra_model_ready", "1 when the model is loaded and warmed up", ["model"], registry=r,
+            multiprocess_mode="livemax",
+        )  # fmt: skip
         self.dropped = Counter(
             "electra_dropped_total",
             "Requests refused or dropped before their work reached the model",
             ["model", "reason"],
             registry=r,
         )
-        self.inflight_requests = Gauge("electra_inflight_requests", "Requests being handled", ["protocol"], registry=r)
+        self.inflight_requests = Gauge(
+            "electra_inflight_requests", "Requests being handled", ["protocol"], registry=r, multiprocess_mode="livesum"
+        )
         self.batch_failures = Counter(
             "electra_batch_failures_total",
             "Model runs that failed (kind: error | oom); their rows were retried in smaller parts",
@@ -145,6 +157,11 @@ class Metrics:
                 del self._children[key]
 
     def exposition(self) -> bytes:
+        if MULTIPROCESS_DIR:
+            # --workers > 1: every process writes its values to files there; any one of them sums them all.
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined)
+            return generate_latest(combined)
         return generate_latest(self.registry)
 
 

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from server.api.security import ApiKeys, GrpcAuth, http_guard
 from server.api.tls import Tls, TlsFiles
 from server.app import build_asgi
 from server.assembly import Assembly, assemble
-from server.core.loader import RuntimeFactory, onnx_runtime
+from server.core.loader import RuntimeFactory
 from server.core.registry import ModelRegistry
 from server.core.service import InferenceService
 from server.settings import Settings
@@ -85,6 +86,19 @@ class Security:
                 log.exception("reloading the API keys or TLS files failed")
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound with SO_REUSEPORT, so that every API worker listens on the same port and
+    the kernel spreads connections between them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def build_http_server(
     settings: Settings, service: InferenceService, exposition: Callable[[], tuple[bytes, str]],
     control: RepositoryControl, security: Security,
@@ -110,8 +124,9 @@ def build_http_server(
 
 
 def build_grpc_server(
-    settings: Settings, service: InferenceService, control: RepositoryControl, security: Security
-) -> tuple[grpc.aio.Server, HealthReporter]:
+    settings: Settings, service: InferenceService, control: RepositoryControl, security: Security,
+    reuse_port: bool = False,
+) -> tuple[grpc.aio.Server, HealthReporter]:  # fmt: skip
     interceptors = [GrpcAuth(security.keys, security.protect_probes)] if security.keys is not None else []
     server, health = create_grpc_server(
         service,
@@ -120,6 +135,7 @@ def build_grpc_server(
         max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs,
         control=control,
         interceptors=interceptors,
+        reuse_port=reuse_port,
     )
     address = f"{settings.host}:{settings.grpc_port}"
     if security.tls is not None:
@@ -129,44 +145,68 @@ def build_grpc_server(
     return server, health
 
 
+def stop_on_signals(security: Security) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: security.reload(force=True))
+    return stop
+
+
 async def serve(
     settings: Settings,
     repository: Path,
     security: Security | None = None,
     *,
-    runtime_factory: RuntimeFactory = onnx_runtime,
+    runtime_factory: RuntimeFactory | None = None,
     stop: asyncio.Event | None = None,
     assembled: Callable[[Assembly], None] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT, or until `stop` is set (then no signal handler is installed: for
-    servers run inside another program, tests among them, which `assembled` hands the parts)."""
+    """One process does everything. Serves until SIGTERM/SIGINT, or until `stop` is set (then no
+    signal handler is installed: for servers run inside another program, tests among them, which
+    `assembled` hands the parts)."""
     parts = assemble(settings, repository, runtime_factory)
     if assembled is not None:
         assembled(parts)
-    service, metrics = parts.service, parts.metrics
     security = security or Security.from_settings(settings)
-    control = RepositoryControl(parts.registry, settings.model_control_mode)
-    exposition = lambda: (metrics.exposition(), metrics.content_type)  # noqa: E731
+    stop = stop or stop_on_signals(security)
+    background = []
+    if settings.model_control_mode == "poll":
+        background.append(_poll(parts.registry, settings.repository_poll_secs, stop))
+    metrics = parts.metrics
+    return await run_front(
+        settings, parts.service, lambda: (metrics.exposition(), metrics.content_type),
+        RepositoryControl(parts.registry, settings.model_control_mode), security, stop,
+        startup=parts.service.start(settings.start_models()), background=background,
+    )  # fmt: skip
+
+
+async def run_front(
+    settings: Settings,
+    service: InferenceService,
+    exposition: Callable[[], tuple[bytes, str]],
+    control: RepositoryControl,
+    security: Security,
+    stop: asyncio.Event,
+    *,
+    startup: Awaitable[None],
+    background: Sequence[Awaitable[None]] = (),
+    http_socket: socket.socket | None = None,
+) -> int:
+    """REST and gRPC over one service until `stop`; 1 when start-up failed or the HTTP server did."""
     http_server = build_http_server(settings, service, exposition, control, security)
-    grpc_server, health = build_grpc_server(settings, service, control, security)
+    grpc_server, health = build_grpc_server(settings, service, control, security, reuse_port=http_socket is not None)
     await grpc_server.start()
-
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: security.reload(force=True))
-
-    http_task = asyncio.create_task(http_server.serve(), name="http")
-    load_task = asyncio.create_task(service.start(settings.start_models()), name="load")
+    sockets = [http_socket] if http_socket is not None else None
+    http_task = asyncio.create_task(http_server.serve(sockets=sockets), name="http")
+    load_task = asyncio.ensure_future(startup)
     stop_task = asyncio.create_task(stop.wait(), name="stop")
-    background = [
+    tasks = [
         asyncio.create_task(health.follow(service, stop), name="health"),
         asyncio.create_task(security.watch(settings.secrets_poll_secs, stop), name="secrets"),
+        *(asyncio.ensure_future(b) for b in background),
     ]
-    if settings.model_control_mode == "poll":
-        background.append(asyncio.create_task(_poll(parts.registry, settings.repository_poll_secs, stop), name="poll"))
     scheme = "https" if security.tls is not None else "http"
     log.info(
         "electra-serve: %s %s:%s, grpc%s %s:%s%s", scheme, settings.host, settings.http_port,
@@ -186,7 +226,7 @@ async def serve(
         exit_code = 1
 
     await shutdown(settings.drain_timeout_s, service, health, grpc_server, http_server, http_task)
-    for task in (load_task, stop_task, *background):
+    for task in (load_task, stop_task, *tasks):
         task.cancel()
     log.info("stopped")
     return exit_code

@@ -42,6 +42,22 @@ class Settings(BaseSettings):
     )
     tensorrt: bool = Field(_C.tensorrt, description="opt in to onnxruntime's TensorRT execution provider on CUDA")
 
+    # -- front end --
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="API processes sharing the HTTP and gRPC ports (SO_REUSEPORT), tokenizing and decoding in "
+        "parallel, all feeding one model owner that batches across them; 1: one process does everything",
+    )
+    runtime: Literal["onnx", "simulated"] = Field(
+        "onnx",
+        description="simulated: a benchmarking aid standing in for a GPU (a cost model's delay, correctly shaped "
+        "but meaningless outputs), never for serving",
+    )
+    sim_batch_ms: float = Field(1.5, ge=0, description="--runtime simulated: milliseconds a model run costs at least")
+    sim_token_us: float = Field(1.0, ge=0, description="--runtime simulated: microseconds per padded token")
+
     # -- model lifecycle (Triton's names) --
     model_control_mode: Literal["none", "poll", "explicit"] = Field(
         "none",

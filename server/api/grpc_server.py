@@ -72,12 +72,14 @@ def create_grpc_server(
     max_concurrent_rpcs: int | None = None,
     control: RepositoryControl | None = None,
     interceptors: list[grpc.aio.ServerInterceptor] | None = None,
+    reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, HealthReporter]:
-    """The server, its servicers registered (no port bound yet: `bind` does that)."""
+    """The server, its servicers registered (no port bound yet). `reuse_port`: API workers share
+    the port; otherwise a second server on it fails instead of silently splitting the traffic."""
     options = [
         ("grpc.max_receive_message_length", max_receive_bytes),
         ("grpc.max_send_message_length", max_send_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
     # Past max_concurrent_rpcs grpc answers RESOURCE_EXHAUSTED at once instead of queueing calls.
     server = grpc.aio.server(

@@ -158,7 +158,7 @@ class V2Dataplane:
             },
         }
 
-    def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
+    async def statistics(self, name: str = "", version: str = "") -> dict[str, Any]:
         if name:
             if version:
                 keys = [(self.model(name, version).name, version)]
@@ -169,10 +169,11 @@ class V2Dataplane:
             keys = [
                 (v.name, v.version) for v in sorted(self.registry.versions(), key=lambda v: (v.name, int(v.version)))
             ]
-        return {"model_stats": [self.service.stats.model_stats(n, v) for n, v in keys]}
+        stats = await self.registry.cluster_stats() or self.service.stats
+        return {"model_stats": [stats.model_stats(n, v) for n, v in keys]}
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        return self.registry.index(ready_only)
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return await self.registry.repository_index(ready_only)
 
     # -- inference --------------------------------------------------------------------------
 

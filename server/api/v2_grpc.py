@@ -152,12 +152,12 @@ class InferenceServicer:
 
     async def model_statistics(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = decode(pb.ModelStatisticsRequest, raw)
-        statistics = self.plane.statistics(request.name, request.version)
+        statistics = await self.plane.statistics(request.name, request.version)
         return json_format.ParseDict(statistics, pb.ModelStatisticsResponse())
 
     async def repository_index(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:
         request = decode(pb.RepositoryIndexRequest, raw)
-        index = self.plane.repository_index(request.ready)
+        index = await self.plane.repository_index(request.ready)
         return json_format.ParseDict({"models": index}, pb.RepositoryIndexResponse())
 
     async def repository_model_load(self, raw: bytes, context: grpc.aio.ServicerContext) -> Message:

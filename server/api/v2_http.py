@@ -10,7 +10,7 @@ input order. Outputs are returned raw (same framing) when the request sets
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -168,6 +168,12 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
         except ServeError as error:
             return error_response(error)
 
+    async def answer_async(build: Callable[[], Awaitable[Any]]) -> Response:
+        try:
+            return json_response(await build())
+        except ServeError as error:
+            return error_response(error)
+
     @router.get("/v2", summary="Server metadata (name, version, extensions)")
     async def server_metadata() -> Response:
         return json_response(plane.server_metadata())
@@ -182,7 +188,7 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
 
     @router.get("/v2/models/stats", summary="Statistics of every model")
     async def all_stats() -> Response:
-        return answer(plane.statistics)
+        return await answer_async(plane.statistics)
 
     @router.post("/v2/repository/index", summary="Models and their state")
     async def repository_index(request: Request) -> Response:
@@ -192,12 +198,12 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
                 raise t.bad("'ready' must be a boolean")
         except ServeError as error:
             return error_response(error)
-        return json_response(plane.repository_index(ready_only))
+        return await answer_async(lambda: plane.repository_index(ready_only))
 
     if control is not None:
         _control_routes(router, control, limits)
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        _model_routes(router, service, limits, plane, prefix, answer)
+        _model_routes(router, service, limits, plane, prefix, answer, answer_async)
     return router
 
 
@@ -232,6 +238,7 @@ def _model_routes(
     plane: V2Dataplane,
     prefix: str,
     answer: Callable[[Callable[[], Any]], Response],
+    answer_async: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Response]],
 ) -> None:
     @router.get(prefix, summary="Model metadata (tensors)")
     async def model_metadata(name: str, version: str = "") -> Response:
@@ -251,7 +258,7 @@ def _model_routes(
 
     @router.get(f"{prefix}/stats", summary="Triton model statistics")
     async def model_stats(name: str, version: str = "") -> Response:
-        return answer(lambda: plane.statistics(name, version))
+        return await answer_async(lambda: plane.statistics(name, version))
 
     async def work(call: Call, name: str, version: str, request: Request) -> Response:
         if request.headers.get("content-encoding", "identity").lower() != "identity":

@@ -89,11 +89,14 @@ class ModelLoader:
         config: CoreConfig,
         observer: Callable[[str], BatchObserver] | None = None,
         runtime_factory: RuntimeFactory = onnx_runtime,
+        device: Device | None = None,
     ) -> None:
+        """device: what the runtime stands for when it is not what `config.device` finds (the
+        simulated GPU); None: chosen from the config on first use."""
         self.config = config
         self._observer = observer
         self._runtime_factory = runtime_factory
-        self._device: Device | None = None
+        self._device: Device | None = device
         self._lock = threading.Lock()
         # Models exported from one base share its tokenizer: one pool (and one copy per
         # tokenizing thread) serves them all, keyed by the tokenizer file's digest.

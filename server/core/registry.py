@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from server.core.heap import release_free_heap
 from server.core.loader import ModelLoader
 from server.core.model import ModelVersion, State
 from server.core.repository import ModelSource, RepositoryModel, VersionPolicy, scan
+from server.core.stats import ModelStats
 
 log = logging.getLogger("electra.registry")
 
@@ -78,6 +79,9 @@ class ModelRegistry:
         self._on_removed = on_removed
         self._listeners: list[Callable[[], None]] = []
         self.stopping = False
+        # Awaited before a retiring version is freed (the multi-process owner waits there for every
+        # worker to release it); None: only this process's leases count.
+        self.retire_hook: Callable[[ModelVersion, float], Awaitable[None]] | None = None
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -184,6 +188,18 @@ class ModelRegistry:
                 }
         listed = sorted(entries.values(), key=lambda e: (e["name"], int(e["version"] or 0)))
         return [e for e in listed if e["state"] == State.READY.value] if ready_only else listed
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        """The index as the repository API answers it (the multi-process front end asks the owner)."""
+        return self.index(ready_only)
+
+    async def cluster_stats(self) -> ModelStats | None:
+        """Statistics summed over processes, when requests are answered by more than this one."""
+        return None
+
+    @property
+    def heap_tuned(self) -> bool:
+        return self.loader.heap_tuned
 
     # -- changing --------------------------------------------------------------------------
 
@@ -301,6 +317,8 @@ class ModelRegistry:
         await asyncio.to_thread(release_free_heap)
 
     async def _release(self, slot: ModelSlot, version: ModelVersion) -> None:
+        if self.retire_hook is not None:
+            await self.retire_hook(version, self.unload_timeout_s)
         if not await version.wait_released(self.unload_timeout_s):
             log.warning(
                 "model %s version %s: %d requests still held it after %.0fs; stopping it anyway",

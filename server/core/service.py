@@ -363,7 +363,7 @@ class InferenceService:
             self._tokenize_backlog -= 1
 
     def _schedule_trim(self) -> None:
-        if not self.registry.loader.heap_tuned:
+        if not self.registry.heap_tuned:
             return
         if self._trim_timer is not None:
             self._trim_timer.cancel()

@@ -11,6 +11,7 @@ mixes rows of many requests, so a request has no model batch of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,6 +55,11 @@ class ModelCounters:
     batches: dict[int, BatchCounters] = field(default_factory=dict)
 
 
+def _add(duration: Duration, other: dict[str, int]) -> None:
+    duration.count += other["count"]
+    duration.ns += other["ns"]
+
+
 def _stages(timings: Timings) -> tuple[float, float, float]:
     # Tokenization is Triton's compute_input; whatever is left after queue and model is decoding.
     output = timings.total_s - timings.tokenization_s - timings.queue_s - timings.inference_s
@@ -87,6 +93,27 @@ class ModelStats:
 
     def record_failure(self, model: str, version: str, seconds: float) -> None:
         self._of(model, version).fail.add(seconds)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every counter, JSON-able (an API worker hands its own to be summed with the others')."""
+        return [
+            {"model": model, "version": version, "counters": dataclasses.asdict(counters)}
+            for (model, version), counters in self._models.items()
+        ]
+
+    def merge(self, snapshot: list[dict[str, Any]]) -> None:
+        """Add another process's counters to these."""
+        for entry in snapshot:
+            mine = self._of(entry["model"], entry["version"])
+            theirs = entry["counters"]
+            for name in ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output"):
+                _add(getattr(mine, name), theirs[name])
+            mine.inference_count += theirs["inference_count"]
+            mine.last_inference_ms = max(mine.last_inference_ms, theirs["last_inference_ms"])
+            for size, batch in theirs["batches"].items():
+                counters = mine.batches.setdefault(int(size), BatchCounters())
+                for name in ("compute_input", "compute_infer", "compute_output"):
+                    _add(getattr(counters, name), batch[name])
 
     def forget(self, model: str) -> None:
         """An unloaded model's counters go with it."""

@@ -1,0 +1,80 @@
+"""One API worker of `electra-serve --workers N` (started by the supervisor, never by hand): REST
+and gRPC on the shared ports (SO_REUSEPORT), tokenizing and decoding here, every model run at the
+model owner. It takes the server's own flags; the owner's address comes in ELECTRA_INTERNAL_OWNER.
+
+SIGTERM: readiness turns false, accepted requests are answered, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from server.api.repository import RepositoryControl
+from server.core.service import InferenceService
+from server.logs import configure
+from server.metrics import Metrics
+from server.runner import Security, listening_socket, run_front, stop_on_signals
+from server.settings import Settings, load_settings
+from server.workers.mirror import MirrorRegistry, OwnerClient, worker_identity
+
+OWNER_ENV = "ELECTRA_INTERNAL_OWNER"
+INDEX_ENV = "ELECTRA_INTERNAL_WORKER"
+
+
+async def run_worker(settings: Settings, address: str, index: int) -> int:
+    assert settings.model_repository is not None
+    security = Security.from_settings(settings)
+    stop = stop_on_signals(security)
+    client = OwnerClient(address, worker_identity(index))
+    registry = MirrorRegistry(
+        client, settings.model_repository, default_policy=settings.policy(), unload_timeout_s=settings.drain_timeout_s
+    )
+    metrics = Metrics()
+    service = InferenceService(settings.core_config(), registry, metrics)
+    started = asyncio.Event()
+
+    def on_table(table: dict) -> None:
+        registry.apply(table)
+        service.loaded = registry.started
+        service.load_error = registry.load_error
+        if registry.started or registry.load_error:
+            started.set()
+
+    client.on_table = on_table
+    client.on_stats_query = service.stats.snapshot
+    client.start()
+    await client.send({"op": "hello", "pid": os.getpid()})
+
+    async def startup() -> None:
+        await started.wait()
+        if registry.load_error:
+            raise RuntimeError(registry.load_error)
+
+    try:
+        return await run_front(
+            settings, service, lambda: (metrics.exposition(), metrics.content_type),
+            RepositoryControl(registry, settings.model_control_mode), security, stop,
+            startup=startup(), http_socket=listening_socket(settings.host, settings.http_port),
+        )  # fmt: skip
+    finally:
+        await client.close()
+
+
+def main() -> int:
+    settings = load_settings(sys.argv[1:])
+    index = int(os.environ.get(INDEX_ENV, "0"))
+    configure(settings.log_level, settings.log_format, process=f"w{index}")
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run_worker(settings, os.environ[OWNER_ENV], index))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
