@@ -260,14 +260,26 @@ class DynamicBatcher:
 
         deadline: a `time.monotonic()` instant; rows that have not started by then are dropped.
         """
+        if not rows:
+            return SubmitResult([], 0.0, 0.0)
+        request = self.enqueue(rows, deadline)
+        assert request.future is not None
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            self.abandon(request)  # the client went away: what of its work has not started never will
+            raise
+
+    def enqueue(self, rows: Sequence[Row], deadline: float | None = None) -> _Request:
+        """`submit` without a coroutine (for the model owner, which answers many requests from
+        callbacks): the request's `future` resolves to its SubmitResult; `abandon` it to give up.
+        Refusals (overload, too large, deadline passed, shutting down) raise at once."""
         if self._task is None and not self._stopped:
             self.start()
         if not self.accepting:
             why = "is shutting down" if not self._died else "is not running (its batching loop failed)"
             raise ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} {why}")
         n = len(rows)
-        if n == 0:
-            return SubmitResult([], 0.0, 0.0)
         for row in rows:
             if len(row) == 0 or row.input_ids.ndim != 1 or row.token_type_ids.shape != row.input_ids.shape:
                 raise ServeError(
@@ -305,17 +317,17 @@ class DynamicBatcher:
         self._wakeup.set()
         if deadline is not None:
             request.timer = self._loop.call_later(max(0.0, deadline - now), self._expire, request)
-        assert request.future is not None
-        try:
-            return await request.future
-        except asyncio.CancelledError:
-            # The client went away: whatever of its work has not started never will.
-            if not request.closed:
-                dropped = self._close(request)
-                if dropped:
-                    self._notify(self._observer.on_drop, "cancelled")
-                self._update_idle()
-            raise
+        return request
+
+    def abandon(self, request: _Request) -> None:
+        """Nobody waits for this request any more: its queued rows leave, its outputs are ignored."""
+        if not request.closed:
+            dropped = self._close(request)
+            if dropped:
+                self._notify(self._observer.on_drop, "cancelled")
+            self._update_idle()
+        if request.future is not None and not request.future.done():
+            request.future.cancel()
 
     async def stop(self, drain_timeout_s: float = 30.0) -> None:
         """Refuse new work, finish what was accepted (bounded), then release the executor."""

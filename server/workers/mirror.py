@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from server.core.batcher import SubmitResult
 from server.core.config import BatchPolicy
@@ -39,6 +38,7 @@ from server.core.stats import ModelStats
 from server.core.tasks import TASKS
 from server.core.tokenizer import TokenizerPool
 from server.workers import wire
+from server.workers.loopsocket import LoopSocket
 
 log = logging.getLogger("electra.worker")
 
@@ -71,72 +71,118 @@ class VersionInfo:
 
 
 class OwnerClient:
-    """One DEALER socket to the owner; requests matched to their answers by id."""
+    """One DEALER socket to the owner. Submits of one turn of the event loop leave as one message;
+    other requests (control, statistics) are matched to their answers by id."""
 
     def __init__(self, address: str, identity: str) -> None:
         self.address = address
         self.identity = identity
-        self._context = zmq.asyncio.Context.instance()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.IDENTITY, identity.encode())
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(address)
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.IDENTITY, identity.encode())
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(address)
+        self._socket = socket
+        self._link: LoopSocket | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[tuple[dict[str, Any], list[Any]]]] = {}
+        self._submitted: dict[int, asyncio.Future[tuple[float, float, list[Any]]]] = {}
+        self._outbox: list[tuple[int, str, str, float | None, Sequence[Row]]] = []
+        self._cancels: list[int] = []
+        self._flush_scheduled = False
         self.on_table: Any = None
         self.on_stats_query: Any = None
-        self._reader: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._reader = asyncio.get_running_loop().create_task(self._read(), name="owner-client")
+        self._link = LoopSocket(self._socket, self._on_message)
 
-    async def send(self, head: dict[str, Any], *buffers: Any) -> None:
-        await self._socket.send_multipart(wire.encode(head, *buffers), copy=False)
+    def send(self, head: dict[str, Any], *buffers: Any) -> None:
+        """Without waiting: what the socket cannot take now waits in the link's queue."""
+        if self._link is None:
+            raise OwnerGone()
+        self._link.send(wire.encode(head, *buffers))
 
-    async def request(
-        self, head: dict[str, Any], *buffers: Any, timeout_s: float | None = None
-    ) -> tuple[dict[str, Any], list[Any]]:
+    def submit(
+        self, model: str, version: str, deadline: float | None, rows: Sequence[Row]
+    ) -> tuple[int, asyncio.Future[tuple[float, float, list[Any]]]]:
+        request_id = next(self._ids)
+        future: asyncio.Future[tuple[float, float, list[Any]]] = asyncio.get_running_loop().create_future()
+        self._submitted[request_id] = future
+        self._outbox.append((request_id, model, version, deadline, rows))
+        self._flush_soon()
+        return request_id, future
+
+    def cancel(self, request_id: int) -> None:
+        if self._submitted.pop(request_id, None) is not None:
+            self._cancels.append(request_id)
+            self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        outbox, self._outbox = self._outbox, []
+        cancels, self._cancels = self._cancels, []
+        if outbox:
+            head = {"op": "submit", "requests": [[rid, m, v, d, len(rows)] for rid, m, v, d, rows in outbox]}
+            self.send(head, *wire.pack_rows([rows for *_, rows in outbox]))
+        if cancels:
+            self.send({"op": "cancel", "ids": cancels})
+
+    async def request(self, head: dict[str, Any], timeout_s: float | None = None) -> tuple[dict[str, Any], list[Any]]:
         request_id = next(self._ids)
         future: asyncio.Future[tuple[dict[str, Any], list[Any]]] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = future
         try:
-            await self.send({**head, "id": request_id}, *buffers)
+            self.send({**head, "id": request_id})
             if timeout_s is None:
                 return await future
             async with asyncio.timeout(timeout_s):
                 return await future
-        except asyncio.CancelledError:
-            if head.get("op") == "submit":
-                with contextlib.suppress(Exception):
-                    await self.send({"op": "cancel", "id": request_id})
-            raise
         finally:
             self._waiting.pop(request_id, None)
 
-    async def _read(self) -> None:
-        while True:
-            frames = await self._socket.recv_multipart(copy=False)
-            try:
-                head = wire.header(frames[0])
-                op = head.get("op")
-                if op == "table" and self.on_table is not None:
-                    self.on_table(head)
-                elif op == "stats_query" and self.on_stats_query is not None:
-                    await self.send({"op": "stats_reply", "query": head["query"], "stats": self.on_stats_query()})
-                elif (future := self._waiting.get(head.get("id", -1))) is not None and not future.done():
-                    future.set_result((head, frames[1:]))
-            except Exception:  # one bad message must not end the worker's link to the owner
-                log.exception("a message from the model owner could not be handled")
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        head = wire.header(frames[0])
+        op = head.get("op")
+        if op == "results":
+            self._results(head, frames[1:])
+        elif op == "errors":
+            for request_id, kind, message, retry_after_s in head["errors"]:
+                submitted = self._submitted.pop(request_id, None)
+                if submitted is not None and not submitted.done():
+                    submitted.set_exception(ServeError(ErrorKind[kind], message, retry_after_s))
+        elif op == "table" and self.on_table is not None:
+            self.on_table(head)
+        elif op == "stats_query" and self.on_stats_query is not None:
+            self.send({"op": "stats_reply", "query": head["query"], "stats": self.on_stats_query()})
+        elif (future := self._waiting.get(head.get("id", -1))) is not None and not future.done():
+            future.set_result((head, frames[1:]))
+
+    def _results(self, head: dict[str, Any], frames: list[Any]) -> None:
+        results = head["results"]
+        outputs = wire.unpack_outputs(head["spec"], frames, [n for *_, lengths in results for n in lengths])
+        offset = 0
+        for request_id, queue_s, inference_s, lengths in results:
+            submitted = self._submitted.pop(request_id, None)
+            if submitted is not None and not submitted.done():  # None: cancelled meanwhile
+                submitted.set_result((queue_s, inference_s, outputs[offset : offset + len(lengths)]))
+            offset += len(lengths)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        link, self._link = self._link, None
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(OwnerGone())
-        self._socket.close(0)
+        for submitted in self._submitted.values():
+            if not submitted.done():
+                submitted.set_exception(OwnerGone())
+        if link is not None:
+            link.close()
+        else:
+            self._socket.close(0)
 
 
 def _error(head: dict[str, Any]) -> ServeError:
@@ -177,13 +223,13 @@ class RemoteBatcher:
             )
 
     async def submit(self, rows: Sequence[Row], deadline: float | None = None) -> SubmitResult:
-        lengths, ids, types = wire.pack_rows(rows)
-        head = {"op": "submit", "model": self._model, "version": self._version, "deadline": deadline}
-        answer, frames = await self.client.request(head, lengths, ids, types)
-        if answer["op"] == "error":
-            raise _error(answer)
-        outputs = wire.unpack_outputs(answer["outputs"], frames, lengths.tolist())
-        return SubmitResult(outputs, answer["queue_s"], answer["inference_s"])
+        request_id, future = self.client.submit(self._model, self._version, deadline, rows)
+        try:
+            queue_s, inference_s, outputs = await future
+        except asyncio.CancelledError:
+            self.client.cancel(request_id)  # its rows leave the owner's queue too
+            raise
+        return SubmitResult(outputs, queue_s, inference_s)
 
     async def stop(self, drain_timeout_s: float = 0.0) -> None:
         """The owner stops its batchers; nothing to do here."""
@@ -303,7 +349,7 @@ class MirrorRegistry(ModelRegistry):
         if slot.loaded.get(version.version) is version:
             del slot.loaded[version.version]
         with contextlib.suppress(Exception):
-            await self.client.send(
+            self.client.send(
                 {"op": "release", "model": version.name, "version": version.version, "path": str(version.path)}
             )
 

@@ -1,9 +1,11 @@
 """The model owner of the multi-process front end: the registry (every loaded version, its runtime
 and batcher) behind one ZeroMQ ROUTER socket that the API workers talk to.
 
-- `submit`: rows for a version's batcher; the answer carries the outputs (or the error table's
-  kind and message). The request holds a lease on the version while it runs, like a local one.
-- `cancel`: the worker's request went away (client gone, deadline); its rows leave the queue.
+- `submit`: requests (their rows) for versions' batchers; answers carry the outputs, or the error
+  table's kind and message. A request holds a lease on its version while it runs, like a local
+  one. Requests go straight into the batcher and are answered from its future's callback (no task
+  each), and the answers of one turn of the event loop leave as one message per worker.
+- `cancel`: the worker's requests went away (client gone, deadline); their rows leave the queue.
 - `release`: a worker holds no request on a retiring version any more. A version is freed only
   once every live worker has released it (or the unload timeout passed).
 - `control`: load, unload and the repository index, asked through any worker.
@@ -18,20 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import orjson
 import zmq
-import zmq.asyncio
 
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
 from server.core.model import ModelVersion
 from server.core.registry import ModelRegistry
 from server.core.stats import ModelStats
 from server.workers import wire
+from server.workers.loopsocket import LoopSocket
 
 log = logging.getLogger("electra.owner")
 TABLE_PERIOD_S = 0.5
@@ -40,7 +44,7 @@ TABLE_PERIOD_S = 0.5
 @dataclass
 class WorkerLink:
     identity: bytes
-    pending: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    pending: dict[int, tuple[ModelVersion, Any]] = field(default_factory=dict)  # request id -> (version, queued)
     holds: set[tuple[str, str, str]] = field(default_factory=set)  # (model, version, path) not yet released
 
 
@@ -57,35 +61,40 @@ class ModelOwner:
         self._released = asyncio.Event()
         self._queries = itertools.count(1)
         self._stats_answers: dict[int, tuple[set[bytes], list[list[dict[str, Any]]], asyncio.Event]] = {}
-        context = zmq.asyncio.Context.instance()
-        self._socket = context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown identity is an error, not a silent drop
-        self._socket.bind(address)
+        socket = zmq.Context.instance().socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown identity is an error, not a silent drop
+        socket.bind(address)
+        self._socket = socket
+        self._link: LoopSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._results: dict[tuple[bytes, bytes], list[tuple[int, list[int], Any]]] = {}
+        self._errors: dict[bytes, list[list[Any]]] = {}
+        self._flush_scheduled = False
         registry.subscribe(self._publish_soon)
         registry.retire_hook = self.wait_released
 
     # -- the socket ------------------------------------------------------------------------
 
     async def run(self) -> None:
-        publisher = asyncio.get_running_loop().create_task(self._publish_periodically(), name="owner-table")
+        self._link = LoopSocket(self._socket, self._on_message)
         try:
-            while True:
-                frames = await self._socket.recv_multipart(copy=False)
-                identity = frames[0].bytes
-                try:
-                    self._dispatch(identity, wire.header(frames[1]), frames[2:])
-                except Exception:  # a bad message must not stop the owner
-                    log.exception("a message from worker %s could not be handled", identity)
+            await self._publish_periodically()
         finally:
-            publisher.cancel()
+            self._link.close()
 
-    async def _send(self, identity: bytes, head: dict[str, Any], *buffers: Any) -> None:
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        identity = frames[0].bytes
         try:
-            await self._socket.send_multipart([identity, *wire.encode(head, *buffers)], copy=False)
-        except zmq.ZMQError as exc:  # the worker is gone (EHOSTUNREACH): nothing to answer to
-            log.debug("worker %s unreachable: %s", identity, exc)
+            self._dispatch(identity, wire.header(frames[1]), frames[2:])
+        except Exception:  # a bad message must not stop the owner
+            log.exception("a message from worker %s could not be handled", identity)
+
+    def _send(self, identity: bytes, head: dict[str, Any], *buffers: Any) -> None:
+        """Without waiting: a message the socket cannot take now waits in the link's queue; one to a
+        worker that went away (EHOSTUNREACH) is logged and dropped."""
+        if self._link is not None:
+            self._link.send([identity, *wire.encode(head, *buffers)])
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -99,16 +108,14 @@ class ModelOwner:
         if link is None:
             link = self.workers[identity] = WorkerLink(identity)
             log.info("worker %s connected", identity.decode(errors="replace"))
-            self._spawn(self._send(identity, self.table()))
+            self._send(identity, self.table())
         if op == "submit":
-            request_id = head["id"]
-            task = self._spawn(self._submit(link, request_id, head, frames))
-            link.pending[request_id] = task
-            task.add_done_callback(lambda _: link.pending.pop(request_id, None))
+            self._submit(link, head, frames)
         elif op == "cancel":
-            task = link.pending.get(head["id"])
-            if task is not None:
-                task.cancel()
+            for request_id in head["ids"]:
+                entry = link.pending.get(request_id)
+                if entry is not None:
+                    entry[0].batcher.abandon(entry[1])
         elif op == "release":
             link.holds.discard((head["model"], head["version"], head["path"]))
             self._released.set()
@@ -129,28 +136,73 @@ class ModelOwner:
 
     # -- requests ---------------------------------------------------------------------------
 
-    async def _submit(self, link: WorkerLink, request_id: int, head: dict[str, Any], frames: Sequence[Any]) -> None:
+    def _submit(self, link: WorkerLink, head: dict[str, Any], frames: Sequence[Any]) -> None:
+        """Every request of the message into its version's batcher; each answers from a callback."""
+        requests = head["requests"]
         try:
-            version = self._version(head["model"], head["version"])
-            rows = wire.unpack_rows(frames)
-            version.acquire()
+            rows = wire.unpack_rows(frames, [r[4] for r in requests])
+        except ValueError as exc:
+            for request in requests:
+                self._fail(link, request[0], ServeError(ErrorKind.INTERNAL, f"malformed rows from a worker: {exc}"))
+            return
+        for (request_id, model, version_name, deadline, _), request_rows in zip(requests, rows, strict=True):
             try:
-                result = await version.batcher.submit(rows, head.get("deadline"))
-            finally:
-                version.release()
-            spec, buffers = wire.pack_outputs(result.outputs, frozenset(version.runtime.sequence_outputs))
-            answer = {"op": "result", "id": request_id, "outputs": spec, "queue_s": result.queue_seconds,
-                      "inference_s": result.inference_seconds}  # fmt: skip
-            await self._send(link.identity, answer, *buffers)
-        except asyncio.CancelledError:
-            return  # the worker cancelled it: its rows left the batcher's queue
-        except ServeError as error:
-            await self._send(link.identity, _error(request_id, error))
-        except Exception:
-            log.exception("a request from worker %s failed", link.identity)
-            await self._send(
-                link.identity, _error(request_id, ServeError(ErrorKind.INTERNAL, "the model owner failed"))
-            )
+                version = self._version(model, version_name)
+                queued = version.batcher.enqueue(request_rows, deadline)
+            except ServeError as error:
+                self._fail(link, request_id, error)
+                continue
+            version.acquire()
+            link.pending[request_id] = (version, queued)
+            assert queued.future is not None
+            lengths = [len(row) for row in request_rows]
+            queued.future.add_done_callback(functools.partial(self._answered, link, request_id, version, lengths))
+
+    def _answered(
+        self, link: WorkerLink, request_id: int, version: ModelVersion, lengths: list[int], future: asyncio.Future[Any]
+    ) -> None:
+        version.release()
+        link.pending.pop(request_id, None)
+        if future.cancelled():
+            return  # abandoned: the worker cancelled it, or went away
+        error = future.exception()
+        if error is not None:
+            if not isinstance(error, ServeError):
+                log.error("a request from worker %s failed", link.identity, exc_info=error)
+                error = ServeError(ErrorKind.INTERNAL, "the model owner failed")
+            self._fail(link, request_id, error)
+            return
+        result = future.result()
+        spec = wire.output_spec(result.outputs[0], frozenset(version.runtime.sequence_outputs))
+        key = (link.identity, orjson.dumps(spec))
+        self._results.setdefault(key, []).append((request_id, lengths, result))
+        self._flush_soon()
+
+    def _fail(self, link: WorkerLink, request_id: int, error: ServeError) -> None:
+        self._errors.setdefault(link.identity, []).append(
+            [request_id, error.kind.name, error.message, error.retry_after_s]
+        )
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Everything answered in this turn of the event loop: one message per worker and output shape."""
+        self._flush_scheduled = False
+        results, self._results = self._results, {}
+        errors, self._errors = self._errors, {}
+        for (identity, spec_json), answered in results.items():
+            spec = orjson.loads(spec_json)
+            # Each result says its rows' lengths: the worker may have given the request up meanwhile.
+            head = {"op": "results", "spec": spec,
+                    "results": [[rid, r.queue_seconds, r.inference_seconds, n] for rid, n, r in answered]}  # fmt: skip
+            rows = [row for _, _, r in answered for row in r.outputs]
+            self._send(identity, head, *wire.pack_outputs(spec, rows))
+        for identity, failed in errors.items():
+            self._send(identity, {"op": "errors", "errors": failed})
 
     def _version(self, model: str, version: str) -> ModelVersion:
         # A retiring version still takes the requests of workers that resolved it before they saw
@@ -172,12 +224,12 @@ class ModelOwner:
                 result = self.registry.index(bool(head.get("ready")))
             else:
                 raise ServeError(ErrorKind.BAD_REQUEST, f"unknown control action {action!r}")
-            await self._send(link.identity, {"op": "reply", "id": request_id, "ok": True, "result": result})
+            self._send(link.identity, {"op": "reply", "id": request_id, "ok": True, "result": result})
         except ModelLoadError as exc:
-            await self._send(link.identity, {"op": "reply", "id": request_id, "ok": False, "load_error": True,
+            self._send(link.identity, {"op": "reply", "id": request_id, "ok": False, "load_error": True,
                                              "message": str(exc)})  # fmt: skip
         except ServeError as error:
-            await self._send(link.identity, {**_error(request_id, error), "op": "reply", "ok": False})
+            self._send(link.identity, {**_error(request_id, error), "op": "reply", "ok": False})
 
     async def _stats(self, link: WorkerLink, head: dict[str, Any]) -> None:
         query = next(self._queries)
@@ -187,7 +239,7 @@ class ModelOwner:
         self._stats_answers[query] = (pending, answers, done)
         try:
             for identity in list(pending):
-                await self._send(identity, {"op": "stats_query", "query": query})
+                self._send(identity, {"op": "stats_query", "query": query})
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await done.wait()
@@ -196,7 +248,7 @@ class ModelOwner:
         merged = ModelStats(lambda model, version: 0)
         for snapshot in answers:
             merged.merge(snapshot)
-        await self._send(link.identity, {"op": "reply", "id": head["id"], "ok": True, "stats": merged.snapshot()})
+        self._send(link.identity, {"op": "reply", "id": head["id"], "ok": True, "stats": merged.snapshot()})
 
     # -- the table --------------------------------------------------------------------------
 
@@ -220,7 +272,7 @@ class ModelOwner:
             return
         self._last_table = comparable
         for identity in list(self.workers):
-            await self._send(identity, table)
+            self._send(identity, table)
 
     async def _publish_periodically(self) -> None:
         while True:
@@ -252,8 +304,8 @@ class ModelOwner:
         for identity in [i for i in self.workers if i.decode(errors="replace").startswith(identity_prefix)]:
             link = self.workers.pop(identity)
             cancelled = len(link.pending)
-            for task in list(link.pending.values()):
-                task.cancel()
+            for version, queued in list(link.pending.values()):
+                version.batcher.abandon(queued)
             if not expected or cancelled:
                 log.warning("worker %s is gone: %d requests of it cancelled", identity.decode(), cancelled)
         self._released.set()
@@ -261,7 +313,10 @@ class ModelOwner:
     def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        self._socket.close(0)
+        if self._link is not None:
+            self._link.close()
+        else:
+            self._socket.close(0)
 
 
 def _error(request_id: int, error: ServeError) -> dict[str, Any]:

@@ -1,10 +1,13 @@
 """What travels between the API worker processes and the model owner, over ZeroMQ multipart
 messages: one JSON header frame, then raw numpy buffers (sent and received without copies).
 
-Rows of a request travel as three frames: each row's length (int32), every row's token ids one
-after another (int32: the vocabulary has 30,522 entries) and token types (uint8). Outputs come
-back as one float32 frame per output name: rows' sequence outputs one after another, per-row
-outputs stacked.
+Messages carry many requests at once: each side gathers what it has to send during one turn of
+its event loop and sends it as one message, so the cost of a message (a system call, an event-loop
+wake-up, a header) is shared by the requests of a busy moment. Rows travel as three frames for all
+of them: each row's length (int32), every row's token ids one after another (int32: the vocabulary
+has 30,522 entries) and token types (uint8); the header says how many rows each request has.
+Outputs come back as one float32 frame per output name, over every row of every answered request:
+sequence outputs one after another, per-row outputs stacked.
 """
 
 from __future__ import annotations
@@ -20,61 +23,72 @@ from server.core.rows import Row, RowOutputs
 Frames = list[Any]  # bytes, memoryview or numpy arrays (anything with the buffer interface)
 
 
+def _buffer(frame: Any) -> Any:
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
 def header(frame: Any) -> dict[str, Any]:
-    return orjson.loads(frame.buffer if hasattr(frame, "buffer") else frame)
+    return orjson.loads(_buffer(frame))
 
 
 def encode(head: dict[str, Any], *buffers: Any) -> Frames:
     return [orjson.dumps(head, option=orjson.OPT_NON_STR_KEYS), *buffers]
 
 
-def pack_rows(rows: Sequence[Row]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pack_rows(requests: Sequence[Sequence[Row]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(lengths, ids, types) of every row of every request, in order."""
+    rows = [row for request in requests for row in request]
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int32, count=len(rows))
     ids = np.concatenate([r.input_ids for r in rows]).astype(np.int32, copy=False)
     types = np.concatenate([r.token_type_ids for r in rows]).astype(np.uint8, copy=False)
     return lengths, ids, types
 
 
-def _buffer(frame: Any) -> Any:
-    return frame.buffer if hasattr(frame, "buffer") else frame
-
-
-def unpack_rows(frames: Sequence[Any]) -> list[Row]:
-    """The rows of a submit message, as views on the received buffers."""
+def unpack_rows(frames: Sequence[Any], counts: Sequence[int]) -> list[list[Row]]:
+    """Each request's rows (`counts[i]` of them), as views on the received buffers."""
     lengths = np.frombuffer(_buffer(frames[0]), dtype=np.int32)
     ids = np.frombuffer(_buffer(frames[1]), dtype=np.int32)
     types = np.frombuffer(_buffer(frames[2]), dtype=np.uint8)
-    if int(lengths.sum()) != ids.size or ids.size != types.size or (lengths <= 0).any():
-        raise ValueError("malformed rows: lengths and token arrays disagree")
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    return [Row(ids[a:b], types[a:b]) for a, b in zip(starts.tolist(), ends.tolist(), strict=True)]
+    if sum(counts) != lengths.size or int(lengths.sum()) != ids.size or ids.size != types.size or (lengths <= 0).any():
+        raise ValueError("malformed rows: counts, lengths and token arrays disagree")
+    ends = np.cumsum(lengths).tolist()
+    rows, first = [], 0
+    for count in counts:
+        request = []
+        for k in range(first, first + count):
+            start = ends[k] - int(lengths[k])
+            request.append(Row(ids[start : ends[k]], types[start : ends[k]]))
+        rows.append(request)
+        first += count
+    return rows
 
 
-def pack_outputs(outputs: Sequence[RowOutputs], sequence: frozenset[str]) -> tuple[list[list[Any]], list[np.ndarray]]:
-    """(spec, buffers): spec is [name, is_sequence, per-row tail shape] per output."""
-    if not outputs:
-        return [], []
-    spec, buffers = [], []
-    for name in outputs[0]:
-        arrays = [np.asarray(row[name], dtype=np.float32) for row in outputs]
-        is_sequence = name in sequence
-        joined = np.concatenate(arrays) if is_sequence else np.stack(arrays)
-        spec.append([name, is_sequence, list(arrays[0].shape[1:] if is_sequence else arrays[0].shape)])
-        buffers.append(np.ascontiguousarray(joined))
-    return spec, buffers
+def output_spec(outputs: RowOutputs, sequence: frozenset[str]) -> list[list[Any]]:
+    """[name, is_sequence, per-row tail shape] per output, from one row's outputs."""
+    return [
+        [name, name in sequence, list(value.shape[1:] if name in sequence else value.shape)]
+        for name, value in outputs.items()
+    ]
+
+
+def pack_outputs(spec: Sequence[Sequence[Any]], rows: Sequence[RowOutputs]) -> list[np.ndarray]:
+    buffers = []
+    for name, is_sequence, _ in spec:
+        arrays = [np.asarray(row[name], dtype=np.float32) for row in rows]
+        buffers.append(np.ascontiguousarray(np.concatenate(arrays) if is_sequence else np.stack(arrays)))
+    return buffers
 
 
 def unpack_outputs(spec: Sequence[Sequence[Any]], frames: Sequence[Any], lengths: Sequence[int]) -> list[RowOutputs]:
+    """Row outputs (in the order sent) from the frames, given each row's length."""
     rows: list[RowOutputs] = [{} for _ in lengths]
     ends = np.cumsum(lengths).tolist()
-    starts = [end - n for end, n in zip(ends, lengths, strict=True)]
     for (name, is_sequence, tail), frame in zip(spec, frames, strict=True):
         flat = np.frombuffer(_buffer(frame), dtype=np.float32)
         if is_sequence:
             joined = flat.reshape(-1, *tail)
-            for i, (a, b) in enumerate(zip(starts, ends, strict=True)):
-                rows[i][name] = joined[a:b]
+            for i, (end, n) in enumerate(zip(ends, lengths, strict=True)):
+                rows[i][name] = joined[end - n : end]
         else:
             joined = flat.reshape(len(lengths), *tail)
             for i in range(len(lengths)):

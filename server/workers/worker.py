@@ -45,7 +45,7 @@ async def run_worker(settings: Settings, address: str, index: int) -> int:
     client.on_table = on_table
     client.on_stats_query = service.stats.snapshot
     client.start()
-    await client.send({"op": "hello", "pid": os.getpid()})
+    client.send({"op": "hello", "pid": os.getpid()})
 
     async def startup() -> None:
         await started.wait()

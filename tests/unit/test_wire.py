@@ -1,5 +1,5 @@
-"""What the API workers and the model owner send each other: rows and outputs survive the trip
-exactly, as views on the received buffers, and malformed rows are refused."""
+"""What the API workers and the model owner send each other: the rows and outputs of many requests
+in one message survive the trip exactly, as views on the received buffers; malformed rows are refused."""
 
 from __future__ import annotations
 
@@ -10,29 +10,35 @@ from server.core.rows import Row
 from server.workers import wire
 
 
-def test_rows_round_trip() -> None:
-    rows = [Row(np.array([101, 7, 30521, 102]), np.array([0, 0, 1, 1])), Row(np.array([101, 102]), np.zeros(2, int))]
-    frames = [bytes(memoryview(a)) for a in wire.pack_rows(rows)]
-    back = wire.unpack_rows(frames)
-    assert [r.input_ids.tolist() for r in back] == [r.input_ids.tolist() for r in rows]
-    assert [r.token_type_ids.tolist() for r in back] == [r.token_type_ids.tolist() for r in rows]
+def test_the_rows_of_many_requests_round_trip() -> None:
+    requests = [
+        [Row(np.array([101, 7, 30521, 102]), np.array([0, 0, 1, 1])), Row(np.array([101, 102]), np.zeros(2, int))],
+        [Row(np.array([101, 5, 102]), np.zeros(3, int))],
+    ]
+    frames = [bytes(memoryview(a)) for a in wire.pack_rows(requests)]
+    back = wire.unpack_rows(frames, [2, 1])
+    for got, sent in zip(back, requests, strict=True):
+        assert [r.input_ids.tolist() for r in got] == [r.input_ids.tolist() for r in sent]
+        assert [r.token_type_ids.tolist() for r in got] == [r.token_type_ids.tolist() for r in sent]
 
 
 def test_malformed_rows_are_refused() -> None:
-    _, ids, types = wire.pack_rows([Row(np.array([1, 2, 3]), np.zeros(3, int))])
+    _, ids, types = wire.pack_rows([[Row(np.array([1, 2, 3]), np.zeros(3, int))]])
     with pytest.raises(ValueError):
-        wire.unpack_rows([np.array([5], dtype=np.int32), ids, types])
+        wire.unpack_rows([np.array([5], dtype=np.int32), ids, types], [1])
+    with pytest.raises(ValueError):
+        wire.unpack_rows([np.array([3], dtype=np.int32), ids, types], [2])  # more rows claimed than sent
 
 
 def test_outputs_round_trip_for_sequence_and_per_row_outputs() -> None:
     lengths = [3, 1]
-    outputs = [
+    rows = [
         {"logits": np.arange(3 * 2, dtype=np.float32).reshape(3, 2), "pooled": np.array([1.0, 2.0], dtype=np.float32)},
         {"logits": np.array([[9.0, 8.0]], dtype=np.float32), "pooled": np.array([3.0, 4.0], dtype=np.float32)},
     ]
-    spec, buffers = wire.pack_outputs(outputs, frozenset({"logits"}))
-    head = wire.header(wire.encode({"outputs": spec})[0])
-    back = wire.unpack_outputs(head["outputs"], [bytes(memoryview(b)) for b in buffers], lengths)
-    for got, sent in zip(back, outputs, strict=True):
+    spec = wire.output_spec(rows[0], frozenset({"logits"}))
+    head = wire.header(wire.encode({"spec": spec})[0])
+    back = wire.unpack_outputs(head["spec"], [bytes(memoryview(b)) for b in wire.pack_outputs(spec, rows)], lengths)
+    for got, sent in zip(back, rows, strict=True):
         for name in sent:
             np.testing.assert_array_equal(got[name], sent[name])
