@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -91,6 +92,7 @@ class OwnerClient:
         self._flush_scheduled = False
         self.on_table: Any = None
         self.on_stats_query: Any = None
+        self.last_heard = time.monotonic()  # the owner's table comes every half second
 
     def start(self) -> None:
         self._link = LoopSocket(self._socket, self._on_message)
@@ -145,6 +147,7 @@ class OwnerClient:
             self._waiting.pop(request_id, None)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
+        self.last_heard = time.monotonic()
         head = wire.header(frames[0])
         op = head.get("op")
         if op == "results":
@@ -171,14 +174,16 @@ class OwnerClient:
                 submitted.set_result((queue_s, inference_s, outputs[offset : offset + len(lengths)]))
             offset += len(lengths)
 
-    async def close(self) -> None:
-        link, self._link = self._link, None
-        for future in self._waiting.values():
+    def fail_pending(self) -> None:
+        """Everything waiting for the owner gets its error now (it is gone)."""
+        for future in [*self._waiting.values(), *self._submitted.values()]:
             if not future.done():
                 future.set_exception(OwnerGone())
-        for submitted in self._submitted.values():
-            if not submitted.done():
-                submitted.set_exception(OwnerGone())
+        self._submitted.clear()
+
+    async def close(self) -> None:
+        link, self._link = self._link, None
+        self.fail_pending()
         if link is not None:
             link.close()
         else:

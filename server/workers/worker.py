@@ -8,8 +8,10 @@ SIGTERM: readiness turns false, accepted requests are answered, the process exit
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
+import time
 
 from server.api.repository import RepositoryControl
 from server.core.service import InferenceService
@@ -21,6 +23,25 @@ from server.workers.mirror import MirrorRegistry, OwnerClient, worker_identity
 
 OWNER_ENV = "ELECTRA_INTERNAL_OWNER"
 INDEX_ENV = "ELECTRA_INTERNAL_WORKER"
+OWNER_SILENCE_S = 3.0  # six table periods without a word: readiness false until it speaks again
+log = logging.getLogger("electra.worker")
+
+
+async def watch_owner(
+    client: OwnerClient, service: InferenceService, registry: MirrorRegistry, stop: asyncio.Event, owner_pid: int
+) -> None:
+    """The owner is this worker's parent. Gone (killed, crashed): every waiting request is answered
+    503 and the worker drains and exits, freeing the ports. Silent (its loop stuck): not ready, so
+    that load balancers send requests elsewhere; deadlines still bound what waits."""
+    while not stop.is_set():
+        await asyncio.sleep(0.5)
+        if os.getppid() != owner_pid:
+            log.error("the model owner (pid %d) is gone: answering what waits with 503 and stopping", owner_pid)
+            client.fail_pending()
+            stop.set()
+            return
+        if registry.started:
+            service.loaded = time.monotonic() - client.last_heard <= OWNER_SILENCE_S
 
 
 async def run_worker(settings: Settings, address: str, index: int) -> int:
@@ -43,12 +64,17 @@ async def run_worker(settings: Settings, address: str, index: int) -> int:
             started.set()
 
     client.on_table = on_table
+    owner_pid = os.getppid()
     client.on_stats_query = service.stats.snapshot
     client.start()
     client.send({"op": "hello", "pid": os.getpid()})
 
+    watchdog = asyncio.get_running_loop().create_task(
+        watch_owner(client, service, registry, stop, owner_pid), name="owner-watch"
+    )
+
     async def startup() -> None:
-        await started.wait()
+        await started.wait()  # run_front stops waiting for it when `stop` is set
         if registry.load_error:
             raise RuntimeError(registry.load_error)
 
@@ -59,6 +85,7 @@ async def run_worker(settings: Settings, address: str, index: int) -> int:
             startup=startup(), http_socket=listening_socket(settings.host, settings.http_port),
         )  # fmt: skip
     finally:
+        watchdog.cancel()
         await client.close()
 
 

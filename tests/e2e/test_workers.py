@@ -163,3 +163,34 @@ def test_sigterm_drains_the_workers_then_the_owner(tmp_path: Path, served_reposi
         assert not children(handle.process.pid)
     finally:
         handle.stop()
+
+
+def test_workers_answer_and_leave_when_the_owner_is_killed(tmp_path: Path, served_repository: Path) -> None:
+    """SIGKILL to the owner (no drain, no goodbye): the request waiting on it is answered 503, the
+    workers exit on their own and free the ports for the server that replaces this one."""
+    handle = start_server(served_repository, tmp_path / "server.log", "--workers", "2", "--models", "demo-qa")
+    try:
+        handle.wait_ready()
+        workers_before = children(handle.process.pid)
+        context = " ".join(f"Paragraph {i}: the experiment number {i * 37} ran for {i + 3} days." for i in range(800))
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(
+                httpx.post, f"{handle.url}/v1/qa", timeout=60,
+                json={"model": "demo-qa", "inputs": {"question": "Which ran longest?", "context": context}},
+            )  # fmt: skip
+            time.sleep(0.5)
+            handle.process.kill()
+            handle.process.wait(10)
+            answer = waiting.result()
+        assert answer.status_code == 503 and "owner" in answer.json()["error"], answer.text
+        assert answer.headers["retry-after"]
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers_before):
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in workers_before), handle.log()[-3000:]
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", handle.http_port))  # nobody holds the port any more
+    finally:
+        handle.stop()
