@@ -318,7 +318,7 @@ def load(
     assert bodies is not None and model is not None
     electra = protocol != "naive"
     before = scrape(server) if electra else {}
-    meter = procstat.CpuMeter(server.pid)
+    meter = procstat.CpuMeter(server.pid, tree=True)  # with --workers the server is a process tree
     client = ctx.args.client
     use_wrk = (
         protocol in ("rest", "naive") and rate is None and (client == "wrk" or (client == "auto" and wrk.available()))
@@ -736,6 +736,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog="loadtests/bench",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="loadtests/bench --frontend [ARGS]: the front end alone on the simulated runtime, one worker"
+        " against N (loadtests/frontend.py; `loadtests/bench --frontend --help` for its ARGS).",
     )
     p.add_argument("--quick", action="store_true", help="short run (about 3 minutes on 2 cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -837,6 +839,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--frontend"]:  # the front end alone, on the simulated runtime
+        from loadtests import frontend
+
+        return frontend.main(argv[1:])
     ctx = setup(argv)
     ceiling = offline_ceiling(ctx)
     served = serve(ctx, ceiling)
@@ -1046,7 +1053,7 @@ def describe_server(ctx: Context, server: ServerProcess) -> tuple[dict[str, Any]
     served_model = next(m for m in described if m["name"] == ctx.model)
     if ctx.args.device == "cuda" and "CUDAExecutionProvider" not in served_model.get("providers", []):
         raise SystemExit(f"the server's {ctx.model} runs on {served_model.get('providers')}: not on the GPU")
-    memory: dict[str, Any] = {"server RSS after warm-up (MB)": round(procstat.rss_bytes(server.pid) / 2**20, 1)}
+    memory: dict[str, Any] = {"server RSS after warm-up (MB)": round(procstat.tree_rss_bytes(server.pid) / 2**20, 1)}
     memory["models loaded"] = len(described)
     if ctx.args.device == "cuda":
         memory["GPU after warm-up"] = gpu_memory()
@@ -1071,8 +1078,8 @@ def measured_protocols(ctx: Context, server: ServerProcess) -> list[str]:
 
 def memory_after_load(ctx: Context, server: ServerProcess) -> dict[str, Any]:
     memory: dict[str, Any] = {
-        "server RSS after the load, settled (MB)": round(procstat.rss_bytes(server.pid) / 2**20, 1),
-        "server peak RSS (MB)": round(procstat.peak_rss_bytes(server.pid) / 2**20, 1),
+        "server RSS after the load, settled (MB)": round(procstat.tree_rss_bytes(server.pid) / 2**20, 1),
+        "server peak RSS (MB)": round(procstat.tree_peak_rss_bytes(server.pid) / 2**20, 1),
     }
     if ctx.args.device == "cuda":
         memory["GPU after the load"] = gpu_memory()

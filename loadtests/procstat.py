@@ -61,6 +61,18 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+def tree_peak_rss_bytes(pid: int) -> int:
+    """The sum of each process's own peak: an upper bound of the tree's peak (the peaks of
+    different processes need not have been at the same moment)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            total += peak_rss_bytes(p)
+        except OSError:
+            continue
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     return _status_kb(pid, "VmRSS") * 1024
 

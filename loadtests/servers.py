@@ -170,6 +170,8 @@ def electra_server(
         env=env,
         log_path=log_path,
         cwd=Path(source_root) if source_root is not None else None,
+        # --workers N: the owner's worker processes must not outlive it, even when it is killed.
+        group=any(a == "--workers" or a.startswith("--workers=") for a in extra_args),
     )
 
 

@@ -466,10 +466,10 @@ class _Meter:
     """The server's and the machine's CPU over the measured phase only (not this process's start)."""
 
     def __init__(self, server_pid: int | None) -> None:
-        from loadtests.procstat import cpu_seconds, machine_busy_seconds
+        from loadtests.procstat import machine_busy_seconds, tree_cpu_seconds
 
         self._pid = server_pid
-        self._cpu = cpu_seconds
+        self._cpu = tree_cpu_seconds  # the server's worker processes too (--workers)
         self._busy = machine_busy_seconds
         self._t0 = time.monotonic()
         self._s0 = self._server()
