@@ -320,38 +320,49 @@ def drops(server: ServerProcess, model: str) -> dict[str, float]:
             ("cancelled", "deadline", "overload")}  # fmt: skip
 
 
-def test_cancelled_requests_never_reach_the_model(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
-    # A request of ~50 windows of 384 tokens keeps demo-qa's batcher busy for seconds (a window runs
-    # alone on CPU, tens of milliseconds each; a tiny model's windows ran out before the cancel
-    # arrived on a loaded CI host); a one-row request sent behind it waits in the queue, as the
-    # oldest rows go first. Cancelling that one must drop its row unrun, while the long request is
-    # answered as usual.
-    context = " ".join(f"Paragraph {i}: the experiment number {i * 37} ran for {i + 3} days." for i in range(800))
-    long_request = pb.AnswerQuestionRequest(
-        model="demo-qa", inputs=[pb.QaInput(question="Which experiment ran longest?", context=context)]
-    )
-    short_request = pb.AnswerQuestionRequest(
-        model="demo-qa", inputs=[pb.QaInput(question="Where was she born?", context="She was born in Warsaw.")]
-    )
-    cancelled = {"model": "demo-qa", "reason": "cancelled"}
-    assert wait_for_queue(server, "demo-qa", empty=True) == 0, "demo-qa is busy with an earlier request"
-    assert metric(server, "electra_inflight_requests", protocol="grpc") == 0
-    before = metric(server, "electra_dropped_total", **cancelled)
-    blocker = stub.AnswerQuestion.future(long_request, timeout=120)
-    assert wait_for_queue(server, "demo-qa", empty=False) > 0, "the long request was never seen queued"
-    waiting = stub.AnswerQuestion.future(short_request, timeout=120)
-    deadline = time.monotonic() + 10
-    while metric(server, "electra_inflight_requests", protocol="grpc") < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    time.sleep(0.02)  # from handler to queue is a tokenization of a dozen tokens
-    assert not waiting.done(), "the short request was answered before the long one's rows ran: no queue to test"
-    waiting.cancel()
-    assert waiting.cancelled()
-    dropped = wait_for_metric(server, "electra_dropped_total", before, **cancelled) - before
-    assert dropped == 1, f"{dropped} rows dropped as cancelled; all drops: {drops(server, 'demo-qa')}"
-    assert blocker.result().results[0].answers
-    # Nothing of it is left behind in the queue.
-    assert wait_for_queue(server, "demo-qa", empty=True) == 0
+@pytest.fixture(scope="module")
+def slow_model(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server whose queue holds still: every model run takes 2 s (the simulated runtime), one row a
+    batch, one batch running and one staged at a time. A row queued behind two others waits ~2 s,
+    far longer than a cancel takes to arrive, on any host."""
+    handle = start_server(
+        served_repository, tmp_path_factory.mktemp("slow-model") / "server.log", "--models", "demo-classify",
+        "--runtime", "simulated", "--sim-batch-ms", "2000", "--max-batch-size", "1",
+        "--max-inflight-batches", "1", "--max-queue-delay-ms", "0",
+    )  # fmt: skip
+    try:
+        handle.wait_ready()
+        yield handle
+    finally:
+        handle.stop()
+
+
+def test_cancelled_requests_never_reach_the_model(slow_model: ServerProcess) -> None:
+    # Three rows go first: one runs, one is staged, one waits. A one-row request sent behind them
+    # waits in the queue; cancelling it must drop its row unrun, and the first request is answered.
+    blocker_request = pb.ClassifyRequest(model="demo-classify", inputs=[pb.ClassifyInput(text=t) for t in "abc"])
+    short_request = pb.ClassifyRequest(model="demo-classify", inputs=[pb.ClassifyInput(text="cancel me")])
+    cancelled = {"model": "demo-classify", "reason": "cancelled"}
+    with grpc.insecure_channel(slow_model.grpc_target) as slow_channel:
+        slow_stub = pb_grpc.ElectraServiceStub(slow_channel)
+        before = metric(slow_model, "electra_dropped_total", **cancelled)
+        runs_before = metric(slow_model, "electra_batch_size_count", model="demo-classify")
+        blocker = slow_stub.Classify.future(blocker_request, timeout=60)
+        assert wait_for_queue(slow_model, "demo-classify", empty=False) > 0, "the first request was never queued"
+        waiting = slow_stub.Classify.future(short_request, timeout=60)
+        deadline = time.monotonic() + 10
+        while metric(slow_model, "electra_inflight_requests", protocol="grpc") < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # from handler to queue is a tokenization of two words, on the event loop
+        assert not waiting.done(), "the short request was answered before the rows ahead of it ran"
+        waiting.cancel()
+        assert waiting.cancelled()
+        dropped = wait_for_metric(slow_model, "electra_dropped_total", before, **cancelled) - before
+        assert dropped == 1, f"{dropped} rows dropped as cancelled; all drops: {drops(slow_model, 'demo-classify')}"
+        assert len(blocker.result().results) == 3
+        # Nothing of it is left behind in the queue, and no fourth row ran.
+        assert wait_for_queue(slow_model, "demo-classify", empty=True) == 0
+        assert metric(slow_model, "electra_batch_size_count", model="demo-classify") == runs_before + 3
 
 
 def test_requests_are_counted_with_protocol_grpc(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:
