@@ -88,6 +88,35 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def thread_count(pid: int) -> int:
+    return _status_kb(pid, "Threads")  # a plain count ("Threads:  12"), read the same way
+
+
+def fd_count(pid: int) -> int:
+    """Open file descriptors (sockets, pipes, files, eventfds): the entries of /proc/PID/fd."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessUsage:
+    pid: int
+    rss_bytes: int
+    fds: int
+    threads: int
+
+
+def tree_usage(pid: int) -> list[ProcessUsage]:
+    """RSS, open file descriptors and threads of a process and each of its descendants alive now
+    (a server's API workers and model owner); one that exits meanwhile is left out."""
+    found = []
+    for p in tree_pids(pid):
+        try:
+            found.append(ProcessUsage(p, rss_bytes(p), fd_count(p), thread_count(p)))
+        except OSError:
+            continue
+    return found
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy CPU seconds, total CPU seconds) of the whole machine since boot, from /proc/stat."""
     first = Path("/proc/stat").read_text().splitlines()[0].split()[1:]

@@ -196,11 +196,17 @@ def naive_server(
 def offered_protocols(server: ServerProcess, timeout_s: float = 3.0) -> dict[str, bool]:
     """Which protocols the running electra-serve answers: REST always; typed gRPC and KServe v2
     gRPC are read from server reflection, /v2 over HTTP from `GET /v2`."""
+    grpc_address = f"{HOST}:{server.grpc_port}" if server.grpc_port else None
+    return offered_protocols_at(server.url, grpc_address, timeout_s)
+
+
+def offered_protocols_at(url: str, grpc_address: str | None, timeout_s: float = 3.0) -> dict[str, bool]:
+    """offered_protocols for a server this process did not start: its REST base URL and gRPC host:port."""
     found = {"rest": True, "grpc": False, "v2-http": False, "v2-grpc": False}
     with contextlib.suppress(httpx.HTTPError):
-        found["v2-http"] = httpx.get(server.url + "/v2", timeout=timeout_s).status_code == 200
-    if server.grpc_port:
-        services = grpc_services(f"{HOST}:{server.grpc_port}", timeout_s)
+        found["v2-http"] = httpx.get(url + "/v2", timeout=timeout_s).status_code == 200
+    if grpc_address:
+        services = grpc_services(grpc_address, timeout_s)
         found["grpc"] = "electra.v1.ElectraService" in services
         found["v2-grpc"] = "inference.GRPCInferenceService" in services
     return found
