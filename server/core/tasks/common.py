@@ -91,6 +91,16 @@ def min_advance(room: int) -> int:
     return max(1, math.ceil(room * MIN_WINDOW_ADVANCE))
 
 
+def max_tokens(text: str) -> int:
+    """At least as many as the text's tokens, without tokenizing it: its UTF-8 bytes.
+
+    Not its characters: normalizing (accents stripped through NFD) makes several characters of
+    some, each a token of its own, e.g. a Hangul syllable (3 bytes) three jamo, a Bengali vowel
+    sign (3 bytes) two signs. No character gives more characters than it has UTF-8 bytes, and a
+    token covers at least one character of the normalized text (or, byte-level, one byte)."""
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
 def window_count(n_tokens: int, room: int, step: int) -> int:
     """Windows of `room` tokens, `step` apart, that cover `n_tokens` (what the Rust truncation makes)."""
     return 1 if n_tokens <= room else 1 + -(-(n_tokens - room) // step)
@@ -119,13 +129,14 @@ def check_stride(tokenizer: Tokenizer, stride: int, max_seq_len: int) -> None:
 def count_single_windows(tokenizer: Tokenizer, texts: list[str], room: int, step: int, max_rows: int | None) -> None:
     """Refuse (413) texts that would need more than `max_rows` windows, before any is built.
 
-    A WordPiece token covers at least one character, so characters bound the windows; only when that
-    bound passes the limit are the long texts tokenized (without windows) to count exactly."""
+    `max_tokens` bounds the windows; only when that bound passes the limit are the long texts
+    tokenized (without windows) to count exactly."""
     if max_rows is None:
         return
-    if sum(window_count(len(t), room, step) for t in texts) <= max_rows:
+    bounds = [max_tokens(t) for t in texts]
+    if sum(window_count(n, room, step) for n in bounds) <= max_rows:
         return
-    long = [t for t in texts if len(t) > room]
+    long = [t for t, n in zip(texts, bounds, strict=True) if n > room]
     tokenizer.no_truncation()
     lengths = [len(e) for e in tokenizer.encode_batch(long, add_special_tokens=False)]
     check_rows(len(texts) - len(long) + sum(window_count(n, room, step) for n in lengths), max_rows)

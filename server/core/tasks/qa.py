@@ -12,7 +12,10 @@ Parameters and defaults are the pipeline's (transformers 4.57, fast-tokenizer pa
 - `max_answer_len` (15): longest answer, in tokens.
 Bounds beyond the pipeline: `top_k` at most 100, `max_answer_len` and `max_question_len` at
 most 4096, windows that advance by at least an eighth of their context (see
-`common.MIN_WINDOW_ADVANCE`), and at most the service's windows per request (413).
+`common.MIN_WINDOW_ADVANCE`), and at most the service's windows per request (413). When `top_k`
+outruns a window's spans, the pipeline fills the list with score-0 cells of its span matrix, some
+of them ending before they start (`{"score": 0.0, "start": 10, "end": 3, "answer": ""}`); kept
+as the pipeline gives them, for parity.
 
 - `max_question_len` (64): accepted and ignored, exactly like the pipeline's fast-tokenizer path
   (only its slow-tokenizer path truncates questions). A question so long that a window holds
@@ -50,7 +53,7 @@ from server.core.errors import bad_request, invalid
 from server.core.manifest import Manifest
 from server.core.rows import Row, RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import check_rows, item_inputs, min_advance, window_count
+from server.core.tasks.common import check_rows, item_inputs, max_tokens, min_advance, window_count
 from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
 
@@ -167,20 +170,21 @@ def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, ma
 
     Each window holds max_seq_len - specials - question tokens of context; consecutive windows
     share doc_stride of them. When that room is not larger than doc_stride and the context does
-    not fit in one window, the Rust tokenizer fails (or panics): say why instead. A WordPiece token
-    covers at least one character, so a context's characters bound its tokens: contexts are only
-    tokenized here when that bound is not enough to decide."""
+    not fit in one window, the Rust tokenizer fails (or panics): say why instead. `max_tokens`
+    bounds a context's tokens without tokenizing it: contexts are only tokenized here when that
+    bound is not enough to decide."""
     specials = tokenizer.num_special_tokens_to_add(True)
     tokenizer.no_truncation()
     questions = tokenizer.encode_batch([q for q, _ in items], add_special_tokens=False)
     rooms = [params.max_seq_len - specials - len(q) for q in questions]
     steps = [room - params.doc_stride for room in rooms]
-    maybe_long = [i for i, room in enumerate(rooms) if len(items[i][1]) > room]
+    bounds = [max_tokens(context) for _, context in items]
+    maybe_long = [i for i, room in enumerate(rooms) if bounds[i] > room]
     tight = {i for i in maybe_long if rooms[i] <= 0 or steps[i] < min_advance(rooms[i])}
     bound = (
         len(items)
         - len(maybe_long)
-        + sum(window_count(len(items[i][1]), rooms[i], steps[i]) for i in maybe_long if i not in tight)
+        + sum(window_count(bounds[i], rooms[i], steps[i]) for i in maybe_long if i not in tight)
     )
     counted = [i for i in maybe_long if i in tight or (max_rows is not None and bound + len(tight) > max_rows)]
     contexts = tokenizer.encode_batch([items[i][1] for i in counted], add_special_tokens=False)
@@ -188,7 +192,7 @@ def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, ma
     windows = 0
     for i, room in enumerate(rooms):
         if i not in lengths:
-            windows += 1 if i not in maybe_long else window_count(len(items[i][1]), room, steps[i])
+            windows += 1 if i not in maybe_long else window_count(bounds[i], room, steps[i])
         elif lengths[i] <= room:
             windows += 1  # fits in one window: nothing to stride over
         elif i in tight:
