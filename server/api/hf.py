@@ -8,8 +8,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api import openapi_responses as doc
 from server.api.hot_path import hot, tracked
 from server.api.http_common import HttpLimits
+from server.api.openapi_examples import openapi_body
 from server.api.rest import PROTOCOL, answer_task
 from server.core.service import InferenceService, Result
 
@@ -25,7 +27,16 @@ def hf_shape(result: Result, inputs: Any) -> Any:
 def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/models/{name}", tags=["huggingface"], summary="Hugging Face Inference API compatible")
+    @router.post(
+        "/models/{name}",
+        tags=["huggingface"],
+        summary="Hugging Face Inference API compatible",
+        openapi_extra={**openapi_body(None), "parameters": [doc.TIMEOUT_PARAMETER]},
+        responses={
+            **doc.ok(doc.HfOutput, "The Inference API's answer for the model's task", doc.TIMING_DOC),
+            **doc.errors(*doc.INFERENCE_ERRORS),
+        },
+    )
     @hot
     async def infer(name: str, request: Request) -> Response:
         return await tracked(

@@ -13,6 +13,7 @@ from server.core.tasks import TASKS
 
 class TaskRequest(BaseModel):
     model: str | None = Field(None, description="model name; optional when one loaded model serves the task")
+    model_version: str | None = Field(None, description="a loaded version of the model (default: the one serving)")
     inputs: Any = Field(..., description="one input or a non-empty list of inputs")
     parameters: dict[str, Any] | None = Field(None, description="task parameters (Hugging Face pipeline names)")
 
@@ -42,8 +43,48 @@ EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+def _one_or_many(item: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "anyOf": [item, {"type": "array", "items": item, "minItems": 1}],
+        "description": "one input or a non-empty list of inputs (at most --max-inputs-per-request: else 413)",
+    }
+
+
+_TEXT = {"type": "string", "description": 'a text ("" is a valid one)'}
+# What each task's `items_from_json` takes; anything else is a 422.
+INPUTS: dict[str, dict[str, Any]] = {
+    "classify": _one_or_many(
+        {
+            "anyOf": [
+                _TEXT,
+                {
+                    "type": "object",
+                    "required": ["text"],
+                    "properties": {"text": {"type": "string"}, "text_pair": {"type": ["string", "null"]}},
+                    "additionalProperties": False,
+                },
+            ]
+        }
+    ),
+    "qa": _one_or_many(
+        {
+            "type": "object",
+            "required": ["question", "context"],
+            "properties": {
+                "question": {"type": "string", "minLength": 1},
+                "context": {"type": "string", "minLength": 1},
+            },
+            "additionalProperties": False,
+        }
+    ),
+    "tag": _one_or_many(_TEXT),
+    "discriminate": _one_or_many(_TEXT),
+}
+
+
 def request_schema(task: str) -> dict[str, Any]:
     schema = TaskRequest.model_json_schema()
+    schema["properties"]["inputs"] = INPUTS[task]
     schema["properties"]["parameters"] = {
         "anyOf": [TASKS[task].parameters.schema(), {"type": "null"}],
         "description": "task parameters (Hugging Face pipeline names)",
@@ -51,10 +92,26 @@ def request_schema(task: str) -> dict[str, Any]:
     return schema
 
 
-def openapi_body(task: str) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": request_schema(task), "examples": EXAMPLES[task]}},
-        }
+def hf_request_schema() -> dict[str, Any]:
+    """`POST /models/{name}`: the body of the model's task route."""
+    schema = TaskRequest.model_json_schema()
+    del schema["properties"]["model"]
+    schema["properties"]["inputs"] = {
+        "anyOf": [INPUTS[task] for task in TASKS],
+        "description": "the inputs of the model's task",
     }
+    schema["properties"]["parameters"] = {
+        "anyOf": [TASKS[task].parameters.schema() for task in TASKS] + [{"type": "null"}],
+        "description": "the parameters of the model's task (Hugging Face pipeline names)",
+    }
+    schema["title"] = "HfRequest"
+    return schema
+
+
+def openapi_body(task: str | None) -> dict[str, Any]:
+    """The request body of a task route (None: the Hugging Face route, whose model names the task)."""
+    if task is None:
+        content = {"schema": hf_request_schema(), "examples": {"classify": EXAMPLES["classify"]["single"]}}
+    else:
+        content = {"schema": request_schema(task), "examples": EXAMPLES[task]}
+    return {"requestBody": {"required": True, "content": {"application/json": content}}}

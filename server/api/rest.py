@@ -6,8 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 
+from server.api import openapi_responses as doc
 from server.api.hot_path import hot, tracked
 from server.api.http_common import (
     HttpLimits,
@@ -65,18 +66,28 @@ def build_router(
             methods=["POST"],
             name=task,
             summary=f"{task}: one input or a list",
-            openapi_extra=openapi_body(task),
+            openapi_extra={**openapi_body(task), "parameters": [doc.TIMEOUT_PARAMETER]},
+            responses={
+                **doc.ok(doc.TASK_OUTPUTS[task], "The pipeline's answer", doc.TIMING_DOC),
+                **doc.errors(*doc.INFERENCE_ERRORS),
+            },
             tags=["tasks"],
         )
 
     for task in TASK_ROUTES:
         task_route(task)
 
-    @router.get("/v1/models", tags=["models"])
+    @router.get(
+        "/v1/models", tags=["models"], responses={**doc.ok(doc.ModelList, "The models that serve"), **doc.errors(401)}
+    )
     async def list_models() -> Response:
         return json_response({"models": [describe(service, v) for v in service.registry.serving()]})
 
-    @router.get("/v1/models/{name}", tags=["models"])
+    @router.get(
+        "/v1/models/{name}",
+        tags=["models"],
+        responses={**doc.ok(doc.ModelDescription, "The model"), **doc.errors(*doc.MODEL_ERRORS)},
+    )
     async def describe_model(name: str) -> Response:
         slot = service.registry.slots.get(name)
         serving = slot.serving() if slot else None
@@ -84,24 +95,38 @@ def build_router(
             return error_response(not_loaded(name))
         return json_response(describe(service, serving))
 
-    @router.get("/health/live", tags=["health"])
+    @router.get("/health/live", tags=["health"], responses=_probe("live", "a model's batching loop keeps failing"))
     async def live() -> Response:
         if not service.live:
             return json_response({"status": "dead", "error": "a model's batching loop keeps failing"}, 503)
         return json_response({"status": "live"})
 
-    @router.get("/health/ready", tags=["health"])
+    @router.get("/health/ready", tags=["health"], responses=_probe("ready", "not every model is loaded and warm"))
     async def ready() -> Response:
         if service.ready:
             return json_response({"status": "ready"})
         return json_response({"status": "not ready", "error": service.not_ready_reason()}, 503)
 
-    @router.get("/metrics", tags=["health"])
+    @router.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,  # the document's media type; the route answers Prometheus' own
+        responses={200: {"description": "Prometheus text exposition"}, **doc.errors(401)},
+    )
     async def metrics() -> Response:
         body, content_type = exposition()
         return Response(body, media_type=content_type)
 
     return router
+
+
+def _probe(state: str, why_not: str) -> dict[int | str, dict[str, Any]]:
+    """A probe's answers: 401 only with --api-keys-file and --auth-probes."""
+    return {
+        **doc.ok(doc.Health, f"{state}"),
+        503: {"model": doc.Health, "description": f"not {state}: {why_not} (the error says why)"},
+        **doc.errors(401),
+    }
 
 
 def describe(service: InferenceService, version: Any) -> dict[str, Any]:

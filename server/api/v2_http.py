@@ -17,6 +17,7 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from server.api import openapi_responses as doc
 from server.api import v2_tensors as t
 from server.api.hot_path import hot, tracked
 from server.api.http_common import (
@@ -174,23 +175,36 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
         except ServeError as error:
             return error_response(error)
 
-    @router.get("/v2", summary="Server metadata (name, version, extensions)")
+    @router.get(
+        "/v2",
+        summary="Server metadata (name, version, extensions)",
+        responses={**doc.ok(doc.ServerMetadata, "Server metadata"), **doc.errors(401)},
+    )
     async def server_metadata() -> Response:
         return json_response(plane.server_metadata())
 
-    @router.get("/v2/health/live")
+    @router.get("/v2/health/live", responses=_probe(doc.Live, "live"))
     async def live() -> Response:
         return json_response({"live": service.live}, 200 if service.live else 503)
 
-    @router.get("/v2/health/ready")
+    @router.get("/v2/health/ready", responses=_probe(doc.Ready, "ready"))
     async def ready() -> Response:
         return json_response({"ready": service.ready}, 200 if service.ready else 503)
 
-    @router.get("/v2/models/stats", summary="Statistics of every model")
+    @router.get(
+        "/v2/models/stats",
+        summary="Statistics of every model",
+        responses={**doc.ok(doc.ModelStats, "Triton's statistics"), **doc.errors(401)},
+    )
     async def all_stats() -> Response:
         return await answer_async(plane.statistics)
 
-    @router.post("/v2/repository/index", summary="Models and their state")
+    @router.post(
+        "/v2/repository/index",
+        summary="Models and their state",
+        openapi_extra=doc.json_body(doc.INDEX_REQUEST_SCHEMA),
+        responses={**doc.ok(doc.RepositoryIndex, "The repository index"), **doc.errors(*doc.BODY_ERRORS)},
+    )
     async def repository_index(request: Request) -> Response:
         try:
             ready_only = (await _json_object(request, limits, "repository index")).get("ready", False)
@@ -207,6 +221,11 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
     return router
 
 
+def _probe(model: type, state: str) -> dict[int | str, dict[str, Any]]:
+    """KServe's health answers: the status says it (503: not {state}), the body as well."""
+    return {**doc.ok(model, state), 503: {"model": model, "description": f"not {state}"}, **doc.errors(401)}
+
+
 def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpLimits) -> None:
     async def parameters(request: Request) -> dict[str, Any]:
         given = (await _json_object(request, limits, "repository")).get("parameters") or {}
@@ -214,7 +233,15 @@ def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpL
             raise t.bad("'parameters' must be a JSON object")
         return given
 
-    @router.post("/v2/repository/models/{name}/load", summary="Load or reload a model (explicit model control)")
+    # 400 also in every model control mode but explicit; 503 while the server shuts down.
+    control_responses = {**doc.ok(doc.Empty, "Done"), **doc.errors(*doc.BODY_ERRORS, 404, 422, 503)}
+
+    @router.post(
+        "/v2/repository/models/{name}/load",
+        summary="Load or reload a model (explicit model control)",
+        openapi_extra=doc.json_body(doc.LOAD_REQUEST_SCHEMA),
+        responses=control_responses,
+    )
     async def load(name: str, request: Request) -> Response:
         try:
             await control.load(name, await parameters(request))
@@ -222,7 +249,12 @@ def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpL
             return error_response(error)
         return json_response({})
 
-    @router.post("/v2/repository/models/{name}/unload", summary="Unload a model (explicit model control)")
+    @router.post(
+        "/v2/repository/models/{name}/unload",
+        summary="Unload a model (explicit model control)",
+        openapi_extra=doc.json_body(doc.LOAD_REQUEST_SCHEMA),
+        responses=control_responses,
+    )
     async def unload(name: str, request: Request) -> Response:
         try:
             await control.unload(name, await parameters(request))
@@ -240,11 +272,22 @@ def _model_routes(
     answer: Callable[[Callable[[], Any]], Response],
     answer_async: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Response]],
 ) -> None:
-    @router.get(prefix, summary="Model metadata (tensors)")
+    @router.get(
+        prefix,
+        summary="Model metadata (tensors)",
+        responses={**doc.ok(doc.ModelMetadata, "Model metadata"), **doc.errors(*doc.MODEL_ERRORS)},
+    )
     async def model_metadata(name: str, version: str = "") -> Response:
         return answer(lambda: plane.model_metadata(name, version))
 
-    @router.get(f"{prefix}/ready")
+    @router.get(
+        f"{prefix}/ready",
+        responses={
+            **doc.ok(doc.ModelReady, "Ready"),
+            503: {"model": doc.ModelReady, "description": "Loaded but not ready"},
+            **doc.errors(*doc.MODEL_ERRORS),
+        },
+    )
     async def model_ready(name: str, version: str = "") -> Response:
         try:
             is_ready = plane.model_ready(name, version)
@@ -252,11 +295,19 @@ def _model_routes(
             return error_response(error)
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
-    @router.get(f"{prefix}/config", summary="Triton model configuration")
+    @router.get(
+        f"{prefix}/config",
+        summary="Triton model configuration",
+        responses={**doc.ok(doc.ModelConfig, "Triton model configuration"), **doc.errors(*doc.MODEL_ERRORS)},
+    )
     async def model_config(name: str, version: str = "") -> Response:
         return answer(lambda: plane.model_config(name, version))
 
-    @router.get(f"{prefix}/stats", summary="Triton model statistics")
+    @router.get(
+        f"{prefix}/stats",
+        summary="Triton model statistics",
+        responses={**doc.ok(doc.ModelStats, "Triton's statistics"), **doc.errors(*doc.MODEL_ERRORS)},
+    )
     async def model_stats(name: str, version: str = "") -> Response:
         return await answer_async(lambda: plane.statistics(name, version))
 
@@ -274,16 +325,21 @@ def _model_routes(
 
     # Inference is a hot route (server.api.hot_path): its parameters come from the path alone.
     summary = "Inference over BYTES tensors (JSON or binary)"
+    documented: dict[str, Any] = {
+        "summary": summary,
+        "openapi_extra": doc.infer_openapi_extra(),
+        "responses": doc.infer_responses(),
+    }
     if "{version}" in prefix:
 
-        @router.post(f"{prefix}/infer", summary=summary)
+        @router.post(f"{prefix}/infer", **documented)
         @hot
         async def infer_version(name: str, version: str, request: Request) -> Response:
             return await tracked(service, request, PROTOCOL, lambda call: work(call, name, version, request))
 
     else:
 
-        @router.post(f"{prefix}/infer", summary=summary)
+        @router.post(f"{prefix}/infer", **documented)
         @hot
         async def infer_latest(name: str, request: Request) -> Response:
             return await tracked(service, request, PROTOCOL, lambda call: work(call, name, "", request))

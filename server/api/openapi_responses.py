@@ -1,0 +1,444 @@
+"""Response (and KServe request) schemas for the OpenAPI document only: the routes answer with
+orjson-encoded `Response`s, never through these models. They say what each route really answers,
+status by status (tests/e2e/test_schema.py checks them against a running server): the contract's
+error body `{"error": ...}` for every 4xx/5xx, the pipelines' shapes for the task routes, Triton's
+JSON for the KServe v2 routes, and the binary tensor data extension."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, RootModel
+
+from server.api.http_common import MODEL_HEADER, TIMEOUT_HEADER, TIMING_HEADERS, VERSION_HEADER
+
+# ---------------------------------------------------------------- errors
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers (CONTRACT §3)."""
+
+    error: str = Field(description="what went wrong, for a person to read")
+
+
+ERROR_TEXT: dict[int, str] = {
+    400: "Bad request: a body that is not JSON (or not an object), a malformed parameter or header",
+    401: "Missing or wrong API key (only with --api-keys-file)",
+    404: "Unknown model or version",
+    408: "The request body did not arrive within --body-timeout-s",
+    413: "Too large: the request body, or more inputs (model windows) than one request may hold",
+    415: "A content type the route does not take",
+    422: "Invalid input (422 also for a text longer than the model when truncate is off)",
+    429: "The model's queue is full: retry after Retry-After seconds",
+    500: "An unexpected failure; the message names the request id to find in the log",
+    503: "Not serving (models loading, draining, a model stopped): retry after Retry-After seconds",
+    504: "The request's deadline passed before it ran",
+}
+RETRY_AFTER = {"Retry-After": {"description": "whole seconds to wait before retrying", "schema": {"type": "string"}}}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` entries: the error body for each status."""
+    entries: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_TEXT[code]}
+        if code in (429, 503):
+            entry["headers"] = RETRY_AFTER
+        entries[code] = entry
+    return entries
+
+
+# What a route that reads a body may refuse before looking at it (401: only with API keys).
+BODY_ERRORS = (400, 401, 408, 413, 415)
+# Every inference route (REST tasks, the HF route, KServe v2 infer).
+INFERENCE_ERRORS = (*BODY_ERRORS, 404, 422, 429, 500, 503, 504)
+# GET routes naming a model; 422 is what FastAPI's own parameter validation would answer.
+MODEL_ERRORS = (401, 404, 422)
+
+
+def ok(model: Any, description: str, headers: dict[str, Any] | None = None) -> dict[int | str, dict[str, Any]]:
+    entry: dict[str, Any] = {"model": model, "description": description}
+    if headers:
+        entry["headers"] = headers
+    return {200: entry}
+
+
+def _header(description: str) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": {"type": "string"}}
+
+
+TIMING_DOC = {
+    MODEL_HEADER: _header("the model that answered"),
+    VERSION_HEADER: _header("its version"),
+    **{name: _header("milliseconds (end to end, tokenization, queue, inference)") for name in TIMING_HEADERS},
+}
+TIMEOUT_PARAMETER = {
+    "name": TIMEOUT_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "the request's deadline in milliseconds (capped by --request-timeout-s); 504 when it passes",
+    "schema": {"type": "number", "exclusiveMinimum": 0},
+}
+
+# ---------------------------------------------------------------- task outputs (the pipelines' JSON)
+
+
+class Label(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyOutput(RootModel[list[Label] | list[list[Label]]]):
+    """text-classification: one input -> a list of labels (top_k of them); a list -> a list per input."""
+
+
+class Answer(BaseModel):
+    score: float
+    start: int
+    end: int
+    answer: str
+
+
+class QaOutput(RootModel[Answer | list[Answer] | list[Answer | list[Answer]]]):
+    """question-answering: an answer, or a list when top_k > 1; for a list of inputs, one per input."""
+
+
+class Entity(BaseModel):
+    # `entity` (and `index`) without aggregation, `entity_group` with one: absent, never null.
+    entity: str = Field(None, description="the label, without aggregation")  # type: ignore[assignment]
+    entity_group: str = Field(None, description="the aggregated label")  # type: ignore[assignment]
+    index: int = Field(None, description="the token's index, without aggregation")  # type: ignore[assignment]
+    score: float
+    word: str
+    start: int | None
+    end: int | None
+
+
+class TagOutput(RootModel[list[Entity] | list[list[Entity]]]):
+    """token-classification: a list of entities; for a list of inputs, one list per input."""
+
+
+class Token(BaseModel):
+    token: str
+    start: int
+    end: int
+    score: float = Field(description="the discriminator's probability that it was replaced")
+    replaced: bool
+
+
+class Discrimination(BaseModel):
+    tokens: list[Token]
+    words: list[Token]
+    replaced_rate: float
+
+
+class DiscriminateOutput(RootModel[Discrimination | list[Discrimination]]):
+    """One result per input (a list for a list of inputs)."""
+
+
+TASK_OUTPUTS: dict[str, type[RootModel[Any]]] = {
+    "classify": ClassifyOutput,
+    "qa": QaOutput,
+    "tag": TagOutput,
+    "discriminate": DiscriminateOutput,
+}
+
+
+class HfOutput(RootModel[ClassifyOutput | QaOutput | TagOutput | DiscriminateOutput]):
+    """The Hugging Face Inference API's answer for the model's task (text classification: always
+    a list of lists)."""
+
+
+# ---------------------------------------------------------------- /v1/models, health
+
+
+class Parity(BaseModel):
+    max_abs_error: float
+    top1_agreement: float
+
+
+class Source(BaseModel):
+    model: str
+    revision: str | None
+    architecture: str | None
+
+
+class ModelDescription(BaseModel):
+    name: str
+    version: str
+    task: str
+    labels: list[str]
+    precision: str
+    device: str
+    providers: list[str]
+    max_seq_len: int
+    problem_type: str | None
+    parity: Parity
+    source: Source
+    evaluation: dict[str, Any] | None
+    ready: bool
+    versions: list[str] = Field(None, description="every version loaded")  # type: ignore[assignment]
+
+
+class ModelList(BaseModel):
+    models: list[ModelDescription]
+
+
+class Health(BaseModel):
+    status: str = Field(description="live | dead, ready | not ready")
+    error: str = Field(None, description="why not, on 503")  # type: ignore[assignment]
+
+
+# ---------------------------------------------------------------- KServe v2 / Triton
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Live(BaseModel):
+    live: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelConfig(BaseModel):
+    """A minimal Triton model configuration (what tritonclient and perf_analyzer read)."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[dict[str, Any]]
+    output: list[dict[str, Any]]
+    dynamic_batching: dict[str, Any]
+    instance_group: list[dict[str, Any]]
+    default_model_filename: str
+    parameters: dict[str, dict[str, str]]
+
+
+class Duration(BaseModel):
+    count: int
+    ns: int
+
+
+class ModelStat(BaseModel):
+    name: str
+    version: str
+    last_inference: int
+    inference_count: int
+    execution_count: int
+    inference_stats: dict[str, Duration]
+    batch_stats: list[dict[str, Any]]
+    memory_usage: list[Any]
+
+
+class ModelStats(BaseModel):
+    model_stats: list[ModelStat]
+
+
+class IndexEntry(BaseModel):
+    name: str
+    version: str
+    state: str
+    reason: str
+
+
+class RepositoryIndex(RootModel[list[IndexEntry]]):
+    """Every model of the repository and every version the server knows."""
+
+
+class Empty(BaseModel):
+    """`{}`"""
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any] = Field(None, description="JSON tensor data (row-major)")  # type: ignore[assignment]
+    parameters: dict[str, Any] = Field(  # type: ignore[assignment]
+        None, description="binary_data_size: the tensor's bytes follow the JSON header"
+    )
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str = Field(None, description="the request's id, when it set one")  # type: ignore[assignment]
+    outputs: list[OutputTensor]
+
+
+INFER_HEADERS = {
+    **TIMING_DOC,
+    "Inference-Header-Content-Length": {
+        "description": "with binary outputs (application/octet-stream): bytes of the JSON header; "
+        "the outputs' raw data follow it",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def infer_responses() -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "model": InferenceResponse,
+            "description": "The outputs: JSON, or with the binary tensor data extension "
+            "(binary_data_output, an output's binary_data) a JSON header followed by raw tensor data",
+            "headers": INFER_HEADERS,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        },
+        **errors(*INFERENCE_ERRORS),
+    }
+
+
+# ---------------------------------------------------------------- KServe request bodies (inline schemas)
+
+_PARAMETERS = {"type": "object", "description": "Triton parameters", "additionalProperties": True}
+
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "InferenceRequest",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "binary_data_output": {"type": "boolean"},
+                "timeout": {"type": "integer", "minimum": 1, "description": "microseconds"},
+            },
+        },
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 8,
+            "items": {
+                "type": "object",
+                "required": ["name", "datatype", "shape"],
+                "properties": {
+                    "name": {"type": "string", "description": "TEXT, TEXT_PAIR, QUESTION or CONTEXT"},
+                    "datatype": {"type": "string", "description": "BYTES"},
+                    "shape": {"type": "array", "items": {"type": "integer"}, "description": "[N] or [N, 1]"},
+                    "data": {"type": "array", "description": "one string per row"},
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"binary_data_size": {"type": "integer", "minimum": 0}},
+                    },
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string", "description": "RESULT or LOGITS"},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                },
+            },
+        },
+    },
+}
+
+
+def _bytes(name: str, *texts: str) -> dict[str, Any]:
+    return {"name": name, "datatype": "BYTES", "shape": [len(texts), 1], "data": list(texts)}
+
+
+INFER_EXAMPLES: dict[str, dict[str, Any]] = {
+    "text": {
+        "summary": "classify, tag or discriminate: TEXT (classify also takes TEXT_PAIR)",
+        "value": {"inputs": [_bytes("TEXT", "A delightful, well-paced film.", "Ada Lovelace lived in London.")]},
+    },
+    "qa": {
+        "summary": "qa: QUESTION and CONTEXT",
+        "value": {
+            "inputs": [
+                _bytes("QUESTION", "Who proposed ELECTRA?"),
+                _bytes("CONTEXT", "ELECTRA was proposed by Clark et al."),
+            ]
+        },
+    },
+    "binary output": {
+        "summary": "outputs as raw tensor data after the JSON header (binary tensor data extension)",
+        "value": {"inputs": [_bytes("TEXT", "Great!")], "parameters": {"binary_data_output": True}},
+    },
+}
+
+
+def infer_openapi_extra() -> dict[str, Any]:
+    return {
+        "parameters": [
+            TIMEOUT_PARAMETER,
+            {
+                "name": "Inference-Header-Content-Length",
+                "in": "header",
+                "required": False,
+                "description": "binary tensor data extension: bytes of the JSON header that starts the body",
+                "schema": {"type": "integer", "minimum": 0},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": INFER_REQUEST_SCHEMA, "examples": INFER_EXAMPLES},
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a JSON header of Inference-Header-Content-Length bytes, then the "
+                        "raw data of each input whose parameters.binary_data_size is set, in input order",
+                    }
+                },
+            },
+        },
+    }
+
+
+def json_body(schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
+
+
+INDEX_REQUEST_SCHEMA = {
+    "type": "object",
+    "title": "RepositoryIndexRequest",
+    "properties": {"ready": {"type": "boolean", "description": "only the models that are ready"}},
+}
+LOAD_REQUEST_SCHEMA = {
+    "type": "object",
+    "title": "RepositoryModelRequest",
+    "properties": {
+        "parameters": {
+            **_PARAMETERS,
+            "description": "none is supported (unload: unload_dependents is accepted and ignored)",
+        }
+    },
+}
