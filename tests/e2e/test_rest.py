@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -352,3 +353,31 @@ def test_deadline_passed_while_queued_is_504(tiny: ServerProcess) -> None:
     response = httpx.post(f"{tiny.url}/v1/classify", json={"inputs": "late"}, headers={"x-request-timeout-ms": "20"})
     assert_error(response, 504, "deadline")
     assert dropped(httpx.get(f"{tiny.url}/metrics").text, "deadline") - before == 1
+
+
+def test_the_readmes_curl_examples_work_as_written(served_repository: Path, tmp_path: Path) -> None:
+    # The README's first requests are what a newcomer types: run them verbatim (curl -d alone sends
+    # a form content type, which the server refuses with 415), only the port changed.
+    import json
+    import re
+    import shlex
+    import shutil
+    import subprocess
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    lines = [line for line in readme.splitlines() if re.match(r"curl -s localhost:8000/v1/\w+ ", line)]
+    assert len(lines) == 4, lines
+    demo = "demo-classify,demo-qa,demo-tag,demo-discriminator"  # the models `electra-serve` starts with
+    server = start_server(served_repository, tmp_path / "server.log", "--models", demo)
+    try:
+        server.wait_ready()
+        for line in lines:
+            argv = shlex.split(line.replace("localhost:8000", f"127.0.0.1:{server.http_port}"))
+            answer = subprocess.run([*argv, "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=60)
+            body, status = answer.stdout.rsplit("\n", 1)
+            assert status == "200", (line, status, body)
+            assert json.loads(body), line
+    finally:
+        server.stop()
