@@ -1,5 +1,6 @@
 """electra-eval: a model's task metric on a labelled file, as PyTorch fp32, each exported ONNX variant
-(offline, through the server's own code) and a running server compute it, side by side.
+(offline, through the server's own code) and a running server (over REST and/or gRPC) compute it,
+side by side.
 
 Exit codes: 0 every variant within --max-drop points of the reference, 1 one fell further,
 2 unusable data or options (one line on stderr), 3 a model or server could not be evaluated.
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluation import data
-from evaluation.backends import BackendError, OnnxBackend, PyTorchBackend, RestBackend
+from evaluation.backends import BackendError, GrpcBackend, OnnxBackend, PyTorchBackend, RestBackend
 from evaluation.report import table
 from evaluation.run import DEFAULT_MAX_DROP, check_same_model, evaluate
 from finetune.classify import Columns
@@ -29,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Score a model on a labelled file as PyTorch fp32 (--checkpoint), each exported ONNX variant offline "
-            "(--model-dir) and a running electra-serve (--url --model), side by side; exit 1 when a variant falls "
-            "more than --max-drop points below the reference (PyTorch, else ONNX fp32)."
+            "(--model-dir) and a running electra-serve (--url and/or --grpc, with --model), side by side; exit 1 "
+            "when a variant falls more than --max-drop points below the reference (PyTorch, else ONNX fp32)."
         ),
     )
     parser.add_argument("--task", required=True, choices=("classify", "qa", "tag"))
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-dir", type=Path, help="an exported model, REPO/NAME: each of its variants offline")
     parser.add_argument("--precision", help="comma list of the variants of --model-dir to score (default: all)")
     parser.add_argument("--url", help="a running electra-serve, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--model", help="the served model's name (with --url)")
+    parser.add_argument(
+        "--grpc",
+        metavar="HOST:PORT",
+        help="a running electra-serve's gRPC port, e.g. 127.0.0.1:8001: its typed API (plaintext, no API key)",
+    )
+    parser.add_argument("--model", help="the served model's name (with --url and/or --grpc)")
     parser.add_argument("--json", type=Path, metavar="OUT", help='write {"variants": {NAME: {metric: value}}, ...}')
     parser.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, help="points (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=16, help="inputs per model call or request")
@@ -61,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backends(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[Any]:
-    if not (ns.checkpoint or ns.model_dir or ns.url):
-        parser.error("nothing to evaluate: give --checkpoint, --model-dir and/or --url with --model")
-    if bool(ns.url) != bool(ns.model):
-        parser.error("--url and --model go together")
+    if not (ns.checkpoint or ns.model_dir or ns.url or ns.grpc):
+        parser.error("nothing to evaluate: give --checkpoint, --model-dir and/or --url / --grpc with --model")
+    if bool(ns.url or ns.grpc) != bool(ns.model):
+        parser.error("--model goes with --url and/or --grpc, and they with it")
     backends: list[Any] = []
     if ns.checkpoint:
         device = "cpu" if ns.device == "auto" else ns.device
@@ -86,6 +92,8 @@ def _backends(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[A
         backends.extend(OnnxBackend(ns.model_dir, precision, device) for precision in wanted)
     if ns.url:
         backends.append(RestBackend(ns.url, ns.model))
+    if ns.grpc:
+        backends.append(GrpcBackend(ns.grpc, ns.model))
     return backends
 
 

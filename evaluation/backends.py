@@ -5,7 +5,9 @@
 - `OnnxBackend`: one exported ONNX variant offline, through the server's own code (the task's
   parse / encode / decode in `server.core.tasks` and `server.core.runtime.OnnxModelRuntime`): what
   the server computes, without HTTP;
-- `RestBackend`: a running electra-serve over REST (`POST /v1/<task>`).
+- `RestBackend`: a running electra-serve over REST (`POST /v1/<task>`);
+- `GrpcBackend`: a running electra-serve over its typed gRPC API (`electra.v1.ElectraService`), the
+  same parameters set in the RPC's parameter message and the responses turned back into REST's shapes.
 """
 
 from __future__ import annotations
@@ -220,3 +222,158 @@ class RestBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+# The proto's parameter messages take what REST's `parameters` object takes, field for field, except:
+# classify's `top_k` null (every label) is 0, and tag's `ignore_labels` is a LabelList message.
+GRPC_METHODS = {"classify": "Classify", "qa": "AnswerQuestion", "tag": "Tag"}
+
+
+def grpc_request(task: str, model: str, items: list[Any], parameters: dict[str, Any]) -> Any:
+    """One typed gRPC request carrying what the REST backend would POST: the inputs and the parameters."""
+    from proto.electra.v1 import electra_pb2 as pb
+
+    if task == "classify":
+        request = pb.ClassifyRequest(model=model)
+        for item in items:
+            text, pair = (item["text"], item.get("text_pair")) if isinstance(item, dict) else (item, None)
+            request.inputs.add(text=text, **({"text_pair": pair} if pair else {}))
+    elif task == "qa":
+        request = pb.AnswerQuestionRequest(model=model)
+        for item in items:
+            request.inputs.add(question=item["question"], context=item["context"])
+    elif task == "tag":
+        request = pb.TagRequest(model=model, inputs=items)
+    else:
+        raise BackendError(f"electra-eval scores classify, qa and tag over gRPC, not {task}")
+    message = request.parameters
+    fields = message.DESCRIPTOR.fields_by_name
+    for name, value in parameters.items():
+        if name not in fields:
+            raise BackendError(f"the gRPC {GRPC_METHODS[task]} RPC has no parameter {name!r}")
+        if name == "top_k" and task == "classify" and value is None:
+            message.top_k = 0  # every label
+        elif name == "ignore_labels":
+            message.ignore_labels.SetInParent()  # set, even when empty: an empty list keeps every label
+            message.ignore_labels.labels.extend(value)
+        elif value is not None:
+            setattr(message, name, value)
+    return request
+
+
+def grpc_answers(task: str, response: Any, parameters: dict[str, Any]) -> list[Any]:
+    """A typed gRPC response -> each input's result as REST's JSON gives it (the pipeline's shape)."""
+    from server.core.tasks import TASKS
+
+    if task == "classify":
+        return [[{"label": s.label, "score": s.score} for s in result.labels] for result in response.results]
+    if task == "qa":
+        return [
+            TASKS["qa"].pipeline_json(
+                [{"score": a.score, "start": a.start, "end": a.end, "answer": a.answer} for a in result.answers]
+            )
+            for result in response.results
+        ]
+    # Tag: strategy none names each token's `entity` (with its `index`), the others their `entity_group`.
+    key = "entity" if parameters.get("aggregation_strategy") == "none" else "entity_group"
+    answers = []
+    for result in response.results:
+        entities = []
+        for e in result.entities:
+            entity = {key: e.label, "score": e.score}
+            if e.HasField("index"):
+                entity["index"] = e.index
+            entity.update(word=e.word, start=e.start, end=e.end)
+            entities.append(entity)
+        answers.append(entities)
+    return answers
+
+
+class GrpcBackend:
+    """A running electra-serve, over its typed gRPC API (`electra.v1.ElectraService`).
+
+    The model's task, labels and window length come from the same port's KServe v2 `ModelConfig`;
+    a classifier's head (multi-label or not) from what its default score function is. The channel is
+    plaintext, with no API key, like the REST backend's `http://` URLs: meant for a server on loopback
+    or a trusted network.
+    """
+
+    name = "server-grpc"
+
+    def __init__(self, target: str, model: str, timeout_s: float = 120.0) -> None:
+        import grpc
+
+        from proto.electra.v1 import electra_pb2_grpc
+        from proto.inference import grpc_service_pb2 as v2
+        from proto.inference import grpc_service_pb2_grpc as v2_grpc
+
+        self.target = target
+        self.model = model
+        self.timeout_s = timeout_s
+        self.channel = grpc.insecure_channel(target)
+        self.stub = electra_pb2_grpc.ElectraServiceStub(self.channel)
+        inference = v2_grpc.GRPCInferenceServiceStub(self.channel)
+        try:
+            config = inference.ModelConfig(v2.ModelConfigRequest(name=model), timeout=min(timeout_s, 30.0)).config
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                self.close()
+                raise BackendError(f"{target}: no electra-serve answering over gRPC ({_rpc_error(exc)})") from exc
+            try:
+                index = inference.RepositoryIndex(v2.RepositoryIndexRequest(ready=True), timeout=30.0)
+                serving = ", ".join(sorted({m.name for m in index.models})) or "none"
+            except grpc.RpcError:
+                serving = "unknown"
+            self.close()
+            raise BackendError(f"{target}: no model {model!r} (serving: {serving})") from exc
+        parameters = {name: p.string_value for name, p in config.parameters.items()}
+        if not {"task", "max_seq_len"} <= parameters.keys():
+            self.close()
+            raise BackendError(f"{target}: model {model!r}'s configuration names no task or max_seq_len")
+        self.task = parameters["task"]
+        labels = tuple(parameters["labels"].split(",")) if parameters.get("labels") else ()
+        problem_type = self._problem_type(labels) if self.task == "classify" else None
+        self.described = ModelInfo(self.task, labels, problem_type, int(parameters["max_seq_len"]))
+
+    def _problem_type(self, labels: tuple[str, ...]) -> str | None:
+        """A classifier's problem type, which the gRPC API does not describe: a multi-label head's default
+        score function is sigmoid, any other head of two or more labels softmax (one label: regression)."""
+        if len(labels) < 2:
+            return None
+
+        def scores(function: str | None) -> dict[str, float]:
+            parameters = {"top_k": None} | ({"function_to_apply": function} if function else {})
+            (ranked,) = self._call(["electra-eval probe"], parameters)
+            return {entry["label"]: entry["score"] for entry in ranked}
+
+        default, softmax = scores(None), scores("softmax")
+        same = default.keys() == softmax.keys() and all(abs(default[k] - softmax[k]) <= 1e-5 for k in default)
+        return "single_label_classification" if same else "multi_label_classification"
+
+    def info(self) -> ModelInfo:
+        return self.described
+
+    def _call(self, items: list[Any], parameters: dict[str, Any]) -> list[Any]:
+        import grpc
+
+        method = GRPC_METHODS.get(self.task, self.task)
+        request = grpc_request(self.task, self.model, items, parameters)
+        try:
+            response = getattr(self.stub, method)(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise BackendError(f"{self.target} {method}: {_rpc_error(exc)}") from exc
+        return grpc_answers(self.task, response, parameters)
+
+    def predict(self, items: list[Any], parameters: dict[str, Any], batch_size: int = 16) -> list[Any]:
+        answers: list[Any] = []
+        for chunk in _chunks(items, batch_size):
+            answers.extend(self._call(chunk, parameters))
+        return answers
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def _rpc_error(exc: Any) -> str:
+    code, details = exc.code(), exc.details()
+    return f"{code.name if code else 'UNKNOWN'}: {details}"

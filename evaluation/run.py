@@ -93,7 +93,9 @@ def check_same_model(infos: dict[str, ModelInfo]) -> ModelInfo:
                 f"vs task {first.task} labels {list(first.labels)}"
             )
     # Every variant decodes with the same window length: the shortest any of them takes.
-    return ModelInfo(first.task, first.labels, first.problem_type, min(i.max_seq_len for i in infos.values()))
+    # The problem type from the first that knows it (the gRPC API does not describe it).
+    problem_type = next((i.problem_type for i in infos.values() if i.problem_type), None)
+    return ModelInfo(first.task, first.labels, problem_type, min(i.max_seq_len for i in infos.values()))
 
 
 def score(backend: Backend, eval_set: EvalSet, batch_size: int = 16) -> VariantScore:

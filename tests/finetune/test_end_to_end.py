@@ -1,8 +1,8 @@
 """Fine-tune -> export -> serve -> evaluate, for each task, on small synthetic sets a small model can
 learn (sentiment words, the slot a question word points at, names and places): the validation metric
 rises well above chance, the export records its evaluation in the manifest, the server shows it, and
-electra-eval finds PyTorch, every ONNX variant offline and the running server in agreement
-(fp32 and the server within 0.1 points of PyTorch)."""
+electra-eval finds PyTorch, every ONNX variant offline and the running server (over REST and over
+gRPC) in agreement (fp32 and the server within 0.1 points of PyTorch, gRPC scoring exactly as REST)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ RUNS = {
     "qa": (["--epochs", "6", "--learning-rate", "2e-3"], "f1", None),  # chance: the always-empty baseline
     "tag": (["--epochs", "3", "--learning-rate", "1e-3"], "f1", 80.0),  # chance: ~0 entity F1
 }  # fmt: skip
-AGREEMENT = 0.1  # points: fp32 ONNX and the server against PyTorch
+AGREEMENT = 0.1  # points: fp32 ONNX and the server (REST and gRPC) against PyTorch
 
 
 @pytest.fixture(scope="module")
@@ -90,21 +90,25 @@ def test_eval_agrees_across_pytorch_onnx_and_the_server(task, trained, server, r
     checkpoint, metrics = trained[task]
     name = f"ft-{task}"
     out = tmp_path / "eval.json"
-    argv = ["--task", task, "--data", str(datasets[f"{task}-validation"]), "--checkpoint", str(checkpoint),
-            "--model-dir", str(repository / name), "--url", server.url, "--model", name,
-            "--json", str(out)]  # fmt: skip
+    data = ["--task", task, "--data", str(datasets[f"{task}-validation"])]
     if task == "classify":
-        argv += ["--text-pair-column", "text_pair"]
-    code = eval_main(argv)
+        data += ["--text-pair-column", "text_pair"]
+    code = eval_main(
+        [*data, "--checkpoint", str(checkpoint), "--model-dir", str(repository / name), "--url", server.url,
+         "--grpc", server.grpc_target, "--model", name, "--json", str(out)]
+    )  # fmt: skip
     printed = capsys.readouterr()
     report = json.loads(out.read_text())
     metric = report["metric"]
     variants = report["variants"]
-    assert set(variants) == {"pytorch", "fp32", "fp16", "int8", "server"}
+    assert set(variants) == {"pytorch", "fp32", "fp16", "int8", "server", "server-grpc"}
     assert report["reference"] == "pytorch" and report["examples"] > 50
     reference = variants["pytorch"][metric]
     assert abs(variants["fp32"][metric] - reference) <= AGREEMENT, variants
     assert abs(variants["server"][metric] - reference) <= AGREEMENT, variants
+    # The typed gRPC API answers what REST answers: every metric the same.
+    assert variants["server-grpc"] == variants["server"], variants
+    assert abs(variants["server-grpc"][metric] - reference) <= AGREEMENT, variants
     assert abs(variants["fp16"][metric] - reference) <= 0.5 + 1e-9, variants
     # The exit code is the gate: 0 exactly when no variant fell more than 0.5 points.
     assert code == (0 if report["passed"] else 1)
@@ -123,6 +127,15 @@ def test_eval_agrees_across_pytorch_onnx_and_the_server(task, trained, server, r
         assert recorded.scores[variant] == variants[variant], variant
     described = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]}
     assert described[name]["evaluation"]["scores"]["fp32"][metric] == variants["fp32"][metric]
+
+    # gRPC alone describes the model itself (labels, window length, the head's problem type): same scores.
+    alone = tmp_path / "grpc.json"
+    assert eval_main([*data, "--grpc", server.grpc_target, "--model", name, "--json", str(alone)]) == 0, (
+        capsys.readouterr().err
+    )
+    grpc_report = json.loads(alone.read_text())
+    assert grpc_report["reference"] is None and grpc_report["parameters"] == report["parameters"]
+    assert grpc_report["variants"] == {"server-grpc": variants["server"]}
 
 
 def test_the_gate_fails_a_variant_that_drops_too_far(trained, repository, datasets, capsys):
