@@ -50,6 +50,7 @@ class Point:
     owner_cores: float
     p50_ms: float
     p99_ms: float
+    connections: int = 0
 
     @property
     def per_core(self) -> float:
@@ -61,39 +62,53 @@ class Report:
     points: list[Point] = field(default_factory=list)
     conditions: dict[str, Any] = field(default_factory=dict)
 
-    def median(self, workers: int, protocol: str, attr: str) -> float | None:
-        values = [getattr(p, attr) for p in self.points if p.workers == workers and p.protocol == protocol]
+    def median(self, workers: int, protocol: str, attr: str, connections: int | None = None) -> float | None:
+        values = [getattr(p, attr) for p in self._at(workers, protocol, connections)]
         return statistics.median(values) if values else None
+
+    def _at(self, workers: int, protocol: str, connections: int | None = None) -> list[Point]:
+        return [p for p in self.points if p.workers == workers and p.protocol == protocol
+                and (connections is None or p.connections == connections)]  # fmt: skip
+
+    def best_connections(self, workers: int, protocol: str) -> int | None:
+        """The client count at which this server did most (median over rounds): a closed loop
+        measures capacity only where the server is saturated, and more workers need more clients
+        in flight to be (each request's latency includes the hop to the owner)."""
+        counts = sorted({p.connections for p in self._at(workers, protocol)})
+        if not counts:
+            return None
+        return max(counts, key=lambda c: self.median(workers, protocol, "requests_per_s", c) or 0.0)
 
     def summary(self, baseline: int, scaled: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
         protocols = sorted({p.protocol for p in self.points})
         for protocol in protocols:
-            one = self.median(baseline, protocol, "requests_per_s")
-            many = self.median(scaled, protocol, "requests_per_s")
-            per_core = self.median(scaled, protocol, "per_core")
-            worker_per_core = _worker_per_core(self.points, scaled, protocol)
+            c_one, c_many = self.best_connections(baseline, protocol), self.best_connections(scaled, protocol)
+            one = self.median(baseline, protocol, "requests_per_s", c_one)
+            many = self.median(scaled, protocol, "requests_per_s", c_many)
+            chosen = self._at(scaled, protocol, c_many)
             out[protocol] = {
                 f"workers_{baseline}_rps": one,
                 f"workers_{scaled}_rps": many,
+                f"workers_{baseline}_connections": c_one,
+                f"workers_{scaled}_connections": c_many,
                 "ratio": many / one if one and many else None,
-                "rps_per_server_core": per_core,
-                "rps_per_worker_core": worker_per_core,
+                "rps_per_server_core": self.median(scaled, protocol, "per_core", c_many),
+                "rps_per_worker_core": _worker_per_core(chosen),
                 # The API workers' CPU per request sets how many cores a GPU host needs; the owner
                 # adds its own (it does not grow with the workers' parsing).
-                "cores_for_target": _cores_for(self.points, scaled, protocol),
+                "cores_for_target": _cores_for(chosen),
             }
         return out
 
 
-def _worker_per_core(points: list[Point], workers: int, protocol: str) -> float | None:
-    values = [p.requests_per_s / (p.server_cores - p.owner_cores) for p in points
-              if p.workers == workers and p.protocol == protocol and p.server_cores - p.owner_cores > 0]  # fmt: skip
+def _worker_per_core(points: list[Point]) -> float | None:
+    values = [p.requests_per_s / (p.server_cores - p.owner_cores) for p in points if p.server_cores - p.owner_cores > 0]
     return statistics.median(values) if values else None
 
 
-def _cores_for(points: list[Point], workers: int, protocol: str) -> float | None:
-    chosen = [p for p in points if p.workers == workers and p.protocol == protocol and p.requests_per_s > 0]
+def _cores_for(points: list[Point]) -> float | None:
+    chosen = [p for p in points if p.requests_per_s > 0]
     if not chosen:
         return None
     worker_s = statistics.median((p.server_cores - p.owner_cores) / p.requests_per_s for p in chosen)
@@ -108,13 +123,13 @@ def owner_cpu(server: ServerProcess) -> float:
 
 def measure(
     server: ServerProcess, workers: int, protocol: str, round_no: int, bodies: Path, bodies_list: list[dict[str, Any]],
-    args: argparse.Namespace, scratch: Path,
+    args: argparse.Namespace, scratch: Path, connections: int,
 ) -> Point | None:  # fmt: skip
     meter = CpuMeter(server.pid, tree=True)
     owner0 = owner_cpu(server) if workers > 1 else 0.0
     meter.start()
     if protocol == "rest":
-        result = wrk.run(f"{server.url}/v1/classify", bodies, concurrency=args.connections,
+        result = wrk.run(f"{server.url}/v1/classify", bodies, concurrency=connections,
                          duration_s=args.duration, threads=args.wrk_threads)  # fmt: skip
         rps, errors = result.requests / result.duration_s, result.errors
         p50, p99, client_cpu = result.latency.p50_s * 1e3, result.latency.p99_s * 1e3, result.client_cpu_s
@@ -125,7 +140,7 @@ def measure(
         url = f"127.0.0.1:{server.grpc_port if transport == 'grpc' else server.http_port}"
         pa_file = pa.write_input_data(scratch / "pa-classify.json", bodies_list, "classify")
         result = pa.run(model=args.model, protocol=protocol, address=url, data_file=pa_file,
-                        concurrency=args.connections, min_requests=int(args.duration * 200))  # fmt: skip
+                        concurrency=connections, min_requests=int(args.duration * 200))  # fmt: skip
         rps, errors = result.requests / result.duration_s, result.errors
         p50, p99, client_cpu = result.latency.p50_s * 1e3, result.latency.p99_s * 1e3, result.client_cpu_s
     else:
@@ -133,8 +148,9 @@ def measure(
 
         raw = [orjson.dumps(b) for b in bodies_list]
         assert server.grpc_port is not None
-        out = closed_loop_futures(f"127.0.0.1:{server.grpc_port}", "classify", raw, concurrency=args.connections,
-                                  duration_s=args.duration, offset=0, timeout_s=30, channels=4)  # fmt: skip
+        out = closed_loop_futures(f"127.0.0.1:{server.grpc_port}", "classify", raw, concurrency=connections,
+                                  duration_s=args.duration, offset=0, timeout_s=30,
+                                  channels=args.grpc_channels)  # fmt: skip
         latencies = sorted(out["latencies"])
         rps, errors = len(latencies) / out["duration_s"], out["errors"]
         p50 = latencies[len(latencies) // 2] * 1e3 if latencies else 0.0
@@ -143,7 +159,7 @@ def measure(
     use = meter.stop(client_cpu)
     owner = (owner_cpu(server) - owner0) / use.wall_s if workers > 1 else 0.0
     return Point(workers, protocol, round_no, rps, int(errors), use.server_cores, use.client_cores, use.other_cores,
-                 owner, p50, p99)  # fmt: skip
+                 owner, p50, p99, connections)  # fmt: skip
 
 
 def start(repository: Path, model: str, workers: int, log_dir: Path, extra: list[str]) -> ServerProcess:
@@ -163,7 +179,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--protocols", default="rest,v2-http,v2-grpc,grpc")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per load point")
-    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--connections",
+        default="64,256",
+        help="comma list of closed-loop clients; each server is credited with its best (where it is saturated)",
+    )
+    parser.add_argument(
+        "--grpc-channels",
+        type=int,
+        default=16,
+        help="typed gRPC client channels: SO_REUSEPORT spreads connections, not calls, over the workers",
+    )
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--server-arg", action="append", default=[], help="any further server flag")
     parser.add_argument("--out", type=Path, default=RESULTS / "frontend.json")
@@ -181,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     bodies_list = [{"model": args.model, "inputs": t} for t in texts]
     worker_counts = [int(w) for w in args.workers.split(",")]
     protocols = [p for p in args.protocols.split(",") if p]
+    client_counts = [int(c) for c in args.connections.split(",")]
     report = Report(conditions={
-        "runtime": "simulated", "texts": "mixed set, one text per request", "connections": args.connections,
+        "runtime": "simulated", "texts": "mixed set, one text per request", "connections": client_counts,
+        "grpc_channels": args.grpc_channels,
         "duration_s": args.duration, "rounds": args.rounds, "workers": worker_counts, "host_cores": _cores(),
     })  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="frontend-") as scratch_dir:
@@ -192,13 +220,15 @@ def main(argv: list[str] | None = None) -> int:
         for round_no in range(args.rounds):
             for workers in worker_counts if round_no % 2 == 0 else reversed(worker_counts):
                 with start(args.repository, args.model, workers, scratch, args.server_arg) as server:
-                    wrk.run(f"{server.url}/v1/classify", bodies, concurrency=args.connections, duration_s=2)  # warm-up
-                    for protocol in protocols:
-                        point = measure(server, workers, protocol, round_no, bodies, bodies_list, args, scratch)
+                    wrk.run(f"{server.url}/v1/classify", bodies, concurrency=client_counts[0], duration_s=2)  # warm-up
+                    for protocol, connections in ((p, c) for p in protocols for c in client_counts):
+                        point = measure(server, workers, protocol, round_no, bodies, bodies_list, args, scratch,
+                                        connections)  # fmt: skip
                         if point is None:
                             continue
                         report.points.append(point)
-                        print(f"round {round_no} workers {workers} {protocol}: {point.requests_per_s:.0f} req/s, "
+                        print(f"round {round_no} workers {workers} {protocol} @{connections}: "
+                              f"{point.requests_per_s:.0f} req/s, "
                               f"server {point.server_cores:.2f} cores (owner {point.owner_cores:.2f}), "
                               f"client {point.client_cores:.2f}, other {point.other_cores:.2f}, "
                               f"p50 {point.p50_ms:.1f} ms, errors {point.errors}", flush=True)  # fmt: skip
@@ -218,18 +248,25 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"Conditions: {json.dumps(result['conditions'])}",
         "",
+        "Each server's figure is the median over rounds at the client count where it did most (@N).",
+        "",
         "| protocol | 1 worker req/s | N workers req/s | ratio | req/s per server core | req/s per worker core "
         f"| cores for {result['target_rate']:.0f} seq/s |",
         "|---|---|---|---|---|---|---|",
     ]
     for protocol, s in result["summary"].items():
-        keys = [k for k in s if k.startswith("workers_")]
+        keys = [k for k in s if k.startswith("workers_") and k.endswith("_rps")]
         one, many = s[keys[0]], s[keys[1]] if len(keys) > 1 else None
+        at = [s.get(k.removesuffix("_rps") + "_connections") for k in keys]
         lines.append(
-            f"| {protocol} | {_f(one)} | {_f(many)} | {_f(s['ratio'], 2)}x | {_f(s['rps_per_server_core'])} "
-            f"| {_f(s['rps_per_worker_core'])} | {_f(s['cores_for_target'], 1)} |"
+            f"| {protocol} | {_f(one)}{_at(at[0])} | {_f(many)}{_at(at[-1])} | {_f(s['ratio'], 2)}x "
+            f"| {_f(s['rps_per_server_core'])} | {_f(s['rps_per_worker_core'])} | {_f(s['cores_for_target'], 1)} |"
         )
     return "\n".join(lines)
+
+
+def _at(connections: int | None) -> str:
+    return f" @{connections}" if connections else ""
 
 
 def _f(value: float | None, digits: int = 0) -> str:

@@ -31,3 +31,21 @@ def test_render_has_one_row_per_protocol() -> None:
     table = render({"conditions": {}, "summary": report.summary(1, 2), "target_rate": TARGET_RATE})
     row = next(line for line in table.splitlines() if line.startswith("| rest"))
     assert "1.70x" in row and "| 1000 |" in row and "| 1700 |" in row
+
+
+def test_each_server_is_credited_at_the_client_count_where_it_did_most() -> None:
+    # One worker saturates at 64 clients and slows at 256; two workers are latency-bound at 64.
+    def at(workers: int, rps: float, connections: int, server: float, owner: float) -> Point:
+        return Point(workers, "rest", 0, rps, 0, server, 0.1, 0.0, owner, 20.0, 40.0, connections)
+
+    report = Report(points=[
+        at(1, 2900, 64, 1.0, 0.0), at(1, 2600, 256, 1.0, 0.0),
+        at(2, 3500, 64, 1.4, 0.2), at(2, 4500, 256, 1.8, 0.2),
+    ])  # fmt: skip
+    summary = report.summary(1, 2)["rest"]
+    assert summary["workers_1_connections"] == 64 and summary["workers_2_connections"] == 256
+    assert summary["ratio"] == pytest.approx(4500 / 2900)
+    assert summary["rps_per_server_core"] == pytest.approx(4500 / 1.8)
+    assert summary["cores_for_target"] == pytest.approx(TARGET_RATE * 1.8 / 4500)
+    table = render({"conditions": {}, "summary": report.summary(1, 2), "target_rate": TARGET_RATE})
+    assert "| 2900 @64 |" in table and "| 4500 @256 |" in table
