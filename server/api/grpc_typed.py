@@ -190,7 +190,10 @@ class ElectraServicer:
                 )
         except ServeError as failure:
             code = status_code(failure.kind).value[0]
-            return pb.StreamResponse(id=request_id, status=pb.Status(code=code, message=failure.message))
+            status = pb.Status(code=code, message=failure.message)
+            if failure.retry_after_s is not None:
+                status.retry_after_s = failure.retry_after_s
+            return pb.StreamResponse(id=request_id, status=status)
 
     def handlers(self) -> grpc.GenericRpcHandler:
         methods = {spec.method: self.unary(spec) for spec in TASKS}

@@ -110,18 +110,23 @@ def served_repository(
         "disc-short": export_model("discriminate", seed=35, max_position_embeddings=40),
     }
     for name, model_dir in extra.items():
-        # The manifest's name is the exported one; serve under the directory's name via a copy of
-        # the manifest with the new name (ONNX files are hard-linked, not copied).
-        target = repository / name
-        target.mkdir()
-        for item in model_dir.iterdir():
-            if item.name != "manifest.json":
-                # Hard links: the runtime refuses model files that resolve outside their directory.
-                os.link(item, target / item.name)
-        manifest = json.loads((model_dir / "manifest.json").read_text())
-        manifest["name"] = name
-        (target / "manifest.json").write_text(json.dumps(manifest))
+        serve_as(model_dir, repository, name)
     return repository
+
+
+def serve_as(model_dir: Path, repository: Path, name: str) -> Path:
+    """An exported model in `repository` under another name: a copy of its manifest with the new
+    name, its ONNX and tokenizer files hard-linked (the runtime refuses model files that resolve
+    outside their directory, so no symlinks)."""
+    target = repository / name
+    target.mkdir()
+    for item in model_dir.iterdir():
+        if item.name != "manifest.json":
+            os.link(item, target / item.name)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["name"] = name
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
 
 
 @pytest.fixture(scope="session")

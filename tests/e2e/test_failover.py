@@ -20,7 +20,6 @@ exponential backoff, within the request's own deadline.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
@@ -38,7 +37,7 @@ import pytest
 
 from proto.electra.v1 import electra_pb2 as pb
 from proto.electra.v1 import electra_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ServerProcess, start_server
+from tests.e2e.conftest import ServerProcess, serve_as, start_server
 from tests.nginx import Nginx, missing_reason, start_nginx
 
 _MISSING = missing_reason()
@@ -202,14 +201,7 @@ def failover_repository(tmp_path_factory: pytest.TempPathFactory, export_model: 
     """Only cls3 of `served_repository` (the same export, cached per session): a small 3-label classifier."""
     source = export_model("classify", labels=list(LABELS), seed=31)
     repository = tmp_path_factory.mktemp("failover-models")
-    target = repository / MODEL
-    target.mkdir()
-    for item in source.iterdir():
-        if item.name != "manifest.json":
-            os.link(item, target / item.name)
-    manifest = json.loads((source / "manifest.json").read_text())
-    manifest["name"] = MODEL
-    (target / "manifest.json").write_text(json.dumps(manifest))
+    serve_as(source, repository, MODEL)
     return repository
 
 

@@ -328,7 +328,7 @@ def slow_model(served_repository: Path, tmp_path_factory: pytest.TempPathFactory
     handle = start_server(
         served_repository, tmp_path_factory.mktemp("slow-model") / "server.log", "--models", "demo-classify",
         "--runtime", "simulated", "--sim-batch-ms", "2000", "--max-batch-size", "1",
-        "--max-inflight-batches", "1", "--max-queue-delay-ms", "0",
+        "--max-inflight-batches", "1", "--max-queue-delay-ms", "0", "--max-queue-size", "8",
     )  # fmt: skip
     try:
         handle.wait_ready()
@@ -363,6 +363,24 @@ def test_cancelled_requests_never_reach_the_model(slow_model: ServerProcess) -> 
         # Nothing of it is left behind in the queue, and no fourth row ran.
         assert wait_for_queue(slow_model, "demo-classify", empty=True) == 0
         assert metric(slow_model, "electra_batch_size_count", model="demo-classify") == runs_before + 3
+
+
+def test_a_stream_refused_for_overload_says_when_to_retry(slow_model: ServerProcess) -> None:
+    # Five requests of four rows into a queue of eight that drains one row every 2 s: some must be
+    # refused as overload, and each refusal carries its Retry-After, as a unary call's metadata does.
+    def requests() -> Iterator[pb.StreamRequest]:
+        for i in range(5):
+            texts = [pb.ClassifyInput(text=f"overload {i} {j}") for j in range(4)]
+            yield pb.StreamRequest(id=str(i), classify=pb.ClassifyRequest(model="demo-classify", inputs=texts))
+
+    with grpc.insecure_channel(slow_model.grpc_target) as slow_channel:
+        answers = list(pb_grpc.ElectraServiceStub(slow_channel).Stream(requests(), timeout=60))
+    assert sorted(a.id for a in answers) == [str(i) for i in range(5)]
+    refused = [a for a in answers if a.status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]]
+    assert refused, [(a.id, a.status.code, a.status.message) for a in answers]
+    assert all(a.status.HasField("retry_after_s") and a.status.retry_after_s > 0 for a in refused), refused
+    answered = [a for a in answers if a.status.code == 0]
+    assert answered and not any(a.status.HasField("retry_after_s") for a in answered)
 
 
 def test_requests_are_counted_with_protocol_grpc(server: ServerProcess, stub: pb_grpc.ElectraServiceStub) -> None:

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -286,11 +288,14 @@ def test_a_short_soak_against_a_real_server_passes(export_model: Callable[..., P
     repository = tmp_path / "repository"
     model = export_model("classify", labels=["NEGATIVE", "POSITIVE"])
     shutil.copytree(model, repository / "tiny-classify")  # alone: the session repository holds other models
-    code = soak.main([
+    # In its own process: the soak's KServe gRPC client loads the project's stubs, whose message names
+    # are tritonclient's too, and the test session may have imported tritonclient's already.
+    code = subprocess.run([
+        sys.executable, "-m", "loadtests.soak",
         "--model-repository", str(repository), "--duration-s", "6", "--warmup-s", "2", "--sample-every-s", "0.5",
         "--concurrency", "4", "--results", str(tmp_path / "results"), "--name", "smoke",
         "--max-growth", "1", "--fd-slack", "1000", "--thread-slack", "1000",  # 6 s prove no leak either way
-    ])  # fmt: skip
+    ], cwd=Path(__file__).resolve().parents[2], timeout=300).returncode  # fmt: skip
     result = json.loads((tmp_path / "results" / "smoke.json").read_text())
     assert code == 0, (result["verdict"], result["outcomes"]["error_examples"])
     outcomes = result["outcomes"]
