@@ -292,8 +292,8 @@ def grpc_answers(task: str, response: Any, parameters: dict[str, Any]) -> list[A
 class GrpcBackend:
     """A running electra-serve, over its typed gRPC API (`electra.v1.ElectraService`).
 
-    The model's task, labels and window length come from the same port's KServe v2 `ModelConfig`;
-    a classifier's head (multi-label or not) from what its default score function is. The channel is
+    The model's task, labels, window length and a classifier's problem type come from the same port's
+    KServe v2 `ModelConfig`. The channel is
     plaintext, with no API key, like the REST backend's `http://` URLs: meant for a server on loopback
     or a trusted network.
     """
@@ -332,23 +332,9 @@ class GrpcBackend:
             raise BackendError(f"{target}: model {model!r}'s configuration names no task or max_seq_len")
         self.task = parameters["task"]
         labels = tuple(parameters["labels"].split(",")) if parameters.get("labels") else ()
-        problem_type = self._problem_type(labels) if self.task == "classify" else None
+        # The same as /v1/models says, which the REST backend reads.
+        problem_type = parameters.get("problem_type") or None
         self.described = ModelInfo(self.task, labels, problem_type, int(parameters["max_seq_len"]))
-
-    def _problem_type(self, labels: tuple[str, ...]) -> str | None:
-        """A classifier's problem type, which the gRPC API does not describe: a multi-label head's default
-        score function is sigmoid, any other head of two or more labels softmax (one label: regression)."""
-        if len(labels) < 2:
-            return None
-
-        def scores(function: str | None) -> dict[str, float]:
-            parameters = {"top_k": None} | ({"function_to_apply": function} if function else {})
-            (ranked,) = self._call(["electra-eval probe"], parameters)
-            return {entry["label"]: entry["score"] for entry in ranked}
-
-        default, softmax = scores(None), scores("softmax")
-        same = default.keys() == softmax.keys() and all(abs(default[k] - softmax[k]) <= 1e-5 for k in default)
-        return "single_label_classification" if same else "multi_label_classification"
 
     def info(self) -> ModelInfo:
         return self.described

@@ -155,6 +155,12 @@ class V2Dataplane:
                 "precision": {"string_value": loaded.runtime.precision},
                 "max_seq_len": {"string_value": str(loaded.manifest.max_seq_len)},
                 "labels": {"string_value": ",".join(loaded.manifest.labels)},
+                # What /v1/models says of a classifier's head (single- or multi-label, regression).
+                **(
+                    {"problem_type": {"string_value": loaded.manifest.problem_type}}
+                    if loaded.manifest.problem_type
+                    else {}
+                ),
             },
         }
 

@@ -277,6 +277,16 @@ def test_model_metadata_and_config(
     assert {o.name for o in grpc_config.output} == set(outputs)
 
 
+def test_model_config_names_a_classifiers_problem_type(
+    server: ServerProcess, grpc_client: tgrpc.InferenceServerClient
+) -> None:
+    # What /v1/models says of the head, which a gRPC-only client (electra-eval --grpc) cannot ask.
+    described = {m["name"]: m for m in httpx.get(f"{server.url}/v1/models", timeout=10).json()["models"]}
+    assert described["multilabel"]["problem_type"] == "multi_label_classification"
+    parameters = grpc_client.get_model_config("multilabel").config.parameters
+    assert parameters["problem_type"].string_value == "multi_label_classification"
+
+
 def test_statistics_count_inferences(
     grpc_client: tgrpc.InferenceServerClient, http_client: thttp.InferenceServerClient
 ) -> None:
