@@ -737,7 +737,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="loadtests/bench --frontend [ARGS]: the front end alone on the simulated runtime, one worker"
-        " against N (loadtests/frontend.py; `loadtests/bench --frontend --help` for its ARGS).",
+        " against N (loadtests/frontend.py; `loadtests/bench --frontend --help` for its ARGS).\n"
+        "loadtests/bench --owner [ARGS]: the model owner alone, driven over its socket as an API worker"
+        " would (loadtests/owner.py).",
     )
     p.add_argument("--quick", action="store_true", help="short run (about 3 minutes on 2 cores)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -844,6 +846,10 @@ def main(argv: list[str] | None = None) -> int:
         from loadtests import frontend
 
         return frontend.main(argv[1:])
+    if argv[:1] == ["--owner"]:  # the model owner alone, driven over its socket
+        from loadtests import owner
+
+        return owner.main(argv[1:])
     ctx = setup(argv)
     ceiling = offline_ceiling(ctx)
     served = serve(ctx, ceiling)
