@@ -238,6 +238,7 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                 else "-",
                 fmt(st.get("rss_mb")),
                 str(st.get("processes", "-")),
+                fmt(st.get("idle_cores"), 2),
             ]
         )
     rows = []
@@ -254,6 +255,7 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                 fmt(r.get("per_cpu_s")),
                 fmt(r.get("client_cores"), 2),
                 fmt(r.get("other_cores"), 2),
+                fmt(r.get("idle_servers_cores"), 2),
                 "-" if r["server"] == "ours" else times(r.get("ours_over")),
                 "-" if r["server"] == "ours" else times(r.get("ours_over_cpu")),
             ]
@@ -268,10 +270,12 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
         f" the same load generator. {peers.get('method', '')}. seq/s is the median over the rounds;"
         " latency, errors and CPU are the median round's; server cores count the server's whole process"
         " tree and seq/CPU-s is the throughput per CPU-second of it (median over the rounds); ours ÷"
-        " server is the median of the rounds' own ratios.",
+        " server is the median of the rounds' own ratios. Idle cores: each server's CPU with no load"
+        " (all up), which it takes from whichever server is being measured; of which idle servers: the"
+        " part of other cores the servers not under load took meanwhile.",
         "",
         markdown_table(
-            ["server", "version", "available", "answers vs ours", "RSS MB (process tree)", "processes"],
+            ["server", "version", "available", "answers vs ours", "RSS MB (process tree)", "processes", "idle cores"],
             status_rows,
         ),
         "",
@@ -292,6 +296,7 @@ def peers_section(peers: dict[str, Any]) -> list[str]:
                     "seq/CPU-s",
                     "client cores",
                     "other cores",
+                    "of which idle servers",
                     "ours ÷ server",
                     "ours ÷ server per CPU-s",
                 ],

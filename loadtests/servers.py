@@ -81,12 +81,27 @@ class ServerProcess:
         self.stop()
         raise TimeoutError(f"{self.name} was not ready within {timeout_s:.0f}s; see {self.log_path}")
 
+    def pause(self) -> None:
+        """Stop the whole group (SIGSTOP) until `resume`: a server that polls while idle then
+        takes nothing from the one being measured beside it."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # start_new_session made every server its group's leader: the group id is its pid.
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.process is None:
             return None
         if self.process.poll() is not None:
             self._end_group()
             return self.process.returncode
+        self.resume()  # a paused server would not act on SIGTERM
         self._signal(signal.SIGTERM)
         try:
             code = self.process.wait(timeout_s)

@@ -96,6 +96,7 @@ def table(runs: Sequence[dict[str, Any]], servers: Sequence[str], concurrencies:
                     "server_cores": cpu.get("server_cores"),
                     "client_cores": cpu.get("client_cores"),
                     "other_cores": cpu.get("other_cores"),
+                    "idle_servers_cores": cpu.get("idle_servers_cores"),
                     "ours_over": None if server == OURS else ours_over(runs, server, c),
                     "ours_over_cpu": None if server == OURS else ours_over(runs, server, c, "per_cpu_s"),
                 }

@@ -13,6 +13,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 
 OURS = figures.OURS
 CHECKED_TEXTS = 16  # answers compared with ours before any load (the same model, really)
+# A server using this much CPU with no load is polling: it is paused while the others are measured
+# (LitServe's processes spend ~0.33 of a core idle here, which the server beside it lost).
+POLLING_CORES = 0.05
+RESUME_SETTLE_S = 0.5
 
 
 @dataclass
@@ -90,13 +96,20 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
         )
         contenders.append(Contender(name, peer.title, server, launch.url_path, bodies, peer))
     runs: list[dict[str, Any]] = []
+    pollers: list[Contender] = []
     with contextlib.ExitStack() as stack:
         up = []
         for contender in contenders:
             if start(ctx, stack, contender, status, contenders[0]):
                 up.append(contender)
         if len(up) > 1:
-            runs = rounds(ctx, up)
+            idle = idle_cores(up)
+            for name, cores in idle.items():
+                status[name]["idle_cores"] = round(cores, 3)
+            pollers = [c for c in up if idle[c.name] >= POLLING_CORES]
+            for contender in pollers:
+                status[contender.name]["paused_while_others_run"] = True
+            runs = rounds(ctx, up, pollers, idle)
     measured = [c.name for c in contenders if status[c.name]["available"]]
     rows = figures.table(runs, measured, ctx.plan.concurrencies)
     peers_measured = [n for n in measured if n != OURS]
@@ -106,6 +119,12 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
             f" ({', '.join(map(str, ctx.plan.concurrencies))}), {ctx.plan.versus_rounds} rounds of"
             f" {ctx.plan.round_s:.0f} s a point, the order rotated every round; the same texts, one a request;"
             f" load generator: {'wrk with each server its own body file' if wrk.available() else 'Python asyncio'}"
+            + (
+                f"; paused (SIGSTOP) while another server is measured, as they use CPU with no load"
+                f" (>= {POLLING_CORES} cores): {', '.join(c.name for c in pollers)}"
+                if pollers
+                else ""
+            )
         ),
         "servers": status,
         "runs": runs,
@@ -255,33 +274,89 @@ def log_tail(path: Path | None) -> str:
     return f" (log: {text})" if text else ""
 
 
-def rounds(ctx: Context, up: list[Contender]) -> list[dict[str, Any]]:
+def rounds(
+    ctx: Context, up: list[Contender], pollers: Sequence[Contender] = (), idle_cpu: dict[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Every server at every client count, in rotated order. `pollers` (servers that use CPU while
+    idle) are paused while another server is measured and resumed for their own points, so that
+    each point sees what the server would alone on the host; after each point the server measured
+    is given time to finish what was still queued (down to its idle CPU, `idle_cpu`)."""
     runs = []
-    for i in range(ctx.plan.versus_rounds):
-        for c in ctx.plan.concurrencies:
-            k = i % len(up)
-            for contender in up[k:] + up[:k]:  # rotated: no server always runs first or last
-                try:
-                    r = measure(ctx, contender, concurrency=c, duration_s=ctx.plan.round_s, offset=i * 131 + c)
-                except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                    ctx.notes.append(f"peers: {contender.name} at {c} clients, round {i + 1} failed: {exc}")
-                    continue
-                r.update(server=contender.name, round=i + 1)
-                runs.append(r)
-            ctx.log(
-                f"peers round {i + 1} c={c}: "
-                + ", ".join(
-                    f"{r['server']} {r['seqs_per_s']:.1f}"
-                    for r in runs
-                    if r["round"] == i + 1 and r["concurrency"] == c
+    paused: set[str] = set()
+    try:
+        for i in range(ctx.plan.versus_rounds):
+            for c in ctx.plan.concurrencies:
+                k = i % len(up)
+                for contender in up[k:] + up[:k]:  # rotated: no server always runs first or last
+                    _pause_others(contender, pollers, paused)
+                    idle = [u for u in up if u is not contender]
+                    try:
+                        r = measure(ctx, contender, concurrency=c, duration_s=ctx.plan.round_s,
+                                    offset=i * 131 + c, idle=idle)  # fmt: skip
+                    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+                        ctx.notes.append(f"peers: {contender.name} at {c} clients, round {i + 1} failed: {exc}")
+                        continue
+                    finally:
+                        _settle(contender, (idle_cpu or {}).get(contender.name, 0.0) + 0.05)
+                    r.update(server=contender.name, round=i + 1)
+                    runs.append(r)
+                ctx.log(
+                    f"peers round {i + 1} c={c}: "
+                    + ", ".join(
+                        f"{r['server']} {r['seqs_per_s']:.1f}"
+                        for r in runs
+                        if r["round"] == i + 1 and r["concurrency"] == c
+                    )
                 )
-            )
+    finally:
+        for contender in pollers:
+            contender.server.resume()
     return runs
 
 
-def measure(ctx: Context, contender: Contender, *, concurrency: int, duration_s: float, offset: int) -> dict[str, Any]:
-    """One closed-loop run against one server, with the CPU of its whole process tree."""
+def _settle(contender: Contender, quiet_cores: float, timeout_s: float = 10.0) -> None:
+    """Until the server just measured is idle: when the load generator stops, up to a client count
+    of requests are still queued there, and finishing them would take CPU from the next point."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        before = _tree_cpu(contender)
+        time.sleep(0.2)
+        if (_tree_cpu(contender) - before) / 0.2 < quiet_cores:
+            return
+
+
+def _pause_others(current: Contender, pollers: Sequence[Contender], paused: set[str]) -> None:
+    for contender in pollers:
+        if contender is current and contender.name in paused:
+            contender.server.resume()
+            paused.discard(contender.name)
+            time.sleep(RESUME_SETTLE_S)
+        elif contender is not current and contender.name not in paused:
+            contender.server.pause()
+            paused.add(contender.name)
+
+
+def idle_cores(up: list[Contender], seconds: float = 5.0) -> dict[str, float]:
+    """Each server's CPU with no load at all (all of them up, as during the rounds): a server that
+    polls while idle takes that much from whichever one is being measured."""
+    before = {c.name: _tree_cpu(c) for c in up}
+    time.sleep(seconds)
+    return {c.name: (_tree_cpu(c) - before[c.name]) / seconds for c in up}
+
+
+def _tree_cpu(contender: Contender) -> float:
+    return procstat.tree_cpu_seconds(contender.server.pid)
+
+
+def measure(
+    ctx: Context, contender: Contender, *, concurrency: int, duration_s: float, offset: int,
+    idle: Sequence[Contender] = (),
+) -> dict[str, Any]:  # fmt: skip
+    """One closed-loop run against one server, with the CPU of its whole process tree, and of the
+    servers left idle meanwhile (`idle_servers_cores`, part of `other_cores`)."""
     meter = procstat.CpuMeter(contender.server.pid, tree=True)
+    idle_before = sum(map(_tree_cpu, idle))
+    started = time.monotonic()
     meter.start()
     if wrk.available():
         result = wrk.run(
@@ -310,4 +385,5 @@ def measure(ctx: Context, contender: Contender, *, concurrency: int, duration_s:
         result.extra.pop("cpu", None)
     out = result.as_dict()
     out["cpu"] = asdict(meter.stop(result.client_cpu_s))
+    out["cpu"]["idle_servers_cores"] = (sum(map(_tree_cpu, idle)) - idle_before) / (time.monotonic() - started)
     return out

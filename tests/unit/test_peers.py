@@ -5,6 +5,7 @@ and the process-group stop that keeps a peer's workers from outliving the bench.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -405,3 +406,57 @@ def test_stop_without_group_signals_the_leader_only() -> None:
     server.process = subprocess.Popen(["sleep", "30"], start_new_session=True)
     assert server.stop(timeout_s=5) == -signal.SIGTERM
     assert server.stop() == -signal.SIGTERM  # stopping twice is harmless
+
+
+def _states(pgid: int) -> set[str]:
+    """The run states (proc(5): S sleeping, T stopped) of every process of a group."""
+    states = set()
+    for pid in procstat.tree_pids(pgid):
+        with contextlib.suppress(OSError):
+            states.add(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0])
+    return states
+
+
+def test_pause_stops_the_whole_group_and_stop_still_ends_a_paused_one() -> None:
+    script = "sleep 60 & wait"
+    server = ServerProcess("polling", ["sh", "-c", script], 1, group=True, group_grace_s=0.5)
+    server.process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    time.sleep(0.3)
+    server.pause()
+    time.sleep(0.2)
+    assert _states(server.pid) == {"T"}
+    server.resume()
+    time.sleep(0.2)
+    assert "T" not in _states(server.pid)
+    server.pause()
+    server.stop(timeout_s=5)  # SIGTERM reaches a stopped group only once it is continued
+    assert not _group_alive(server.pid)
+
+
+class _Pausable:
+    def __init__(self, log: list[str], name: str) -> None:
+        self.log, self.name = log, name
+
+    def pause(self) -> None:
+        self.log.append(f"pause {self.name}")
+
+    def resume(self) -> None:
+        self.log.append(f"resume {self.name}")
+
+
+def test_pollers_are_paused_while_another_server_runs_and_resumed_for_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from loadtests.peers import phase
+
+    monkeypatch.setattr(phase, "RESUME_SETTLE_S", 0.0)
+    log: list[str] = []
+    ours, poller = (argparse.Namespace(name=n, server=_Pausable(log, n)) for n in ("ours", "litserve"))
+    paused: set[str] = set()
+    for current in (ours, poller, ours, ours):
+        phase._pause_others(current, [poller], paused)  # type: ignore[list-item]
+        log.append(f"measure {current.name}")
+    assert log == [
+        "pause litserve", "measure ours", "resume litserve", "measure litserve",
+        "pause litserve", "measure ours", "measure ours",
+    ]  # fmt: skip
