@@ -17,12 +17,13 @@ import grp
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.processes import terminate
 
 INSTALL = "apt-get install -y --no-install-recommends nginx-light"
 
@@ -196,14 +197,7 @@ class Nginx:
 
     def stop(self, timeout_s: float = 10.0) -> int:
         """Fast shutdown (SIGTERM), then SIGKILL if it does not go."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout_s)
-        return self.process.returncode
+        return terminate(self.process, timeout_s, timeout_s)
 
 
 def start_nginx(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.processes import terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,14 +60,7 @@ class ServerProcess:
         raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log()[-4000:]}")
 
     def stop(self, timeout_s: float = 60.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-        return self.process.returncode
+        return terminate(self.process, timeout_s)
 
 
 def start_server(
