@@ -34,7 +34,7 @@ from loadtests.procstat import cpu_seconds, tree_pids
 from loadtests.servers import ServerProcess, electra_server
 from server.core.rows import Row
 from server.workers import wire
-from server.workers.worker import OWNER_ENV
+from server.workers.wire import OWNER_ENV
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COST_MODELS = {

@@ -25,7 +25,7 @@ from pathlib import Path
 from server.assembly import assemble
 from server.settings import Settings
 from server.workers.owner import ModelOwner
-from server.workers.worker import INDEX_ENV, OWNER_ENV
+from server.workers.wire import INDEX_ENV, OWNER_ENV
 
 log = logging.getLogger("electra.supervisor")
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)

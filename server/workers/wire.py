@@ -22,6 +22,10 @@ from server.core.rows import Row, RowOutputs
 
 Frames = list[Any]  # bytes, memoryview or numpy arrays (anything with the buffer interface)
 
+# How the supervisor tells each API worker where its owner listens, and which worker it is.
+OWNER_ENV = "ELECTRA_INTERNAL_OWNER"
+INDEX_ENV = "ELECTRA_INTERNAL_WORKER"
+
 
 def _buffer(frame: Any) -> Any:
     return frame.buffer if hasattr(frame, "buffer") else frame
