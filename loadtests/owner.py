@@ -153,52 +153,47 @@ class OwnerLoad:
         self.socket.send_multipart(wire.encode({"op": "submit", "requests": requests}, *wire.pack_rows(rows)),
                                    copy=False)  # fmt: skip
 
+    def _answers(self, timeout_s: float) -> tuple[int, int]:
+        """(answered, of which errors) in the next message, (0, 0) if none came or it answers nothing.
+        An answer to a request that is not outstanding (twice, or never sent) is an error."""
+        got = self._receive(timeout_s)
+        if got is None:
+            return 0, 0
+        head, _ = got
+        if head.get("op") == "results":
+            ids, errors = [r[0] for r in head["results"]], 0
+        elif head.get("op") == "errors":
+            ids = [e[0] for e in head["errors"]]
+            errors = len(ids)
+        else:
+            return 0, 0
+        for request_id in ids:
+            if request_id not in self.outstanding:
+                raise RuntimeError(f"the owner answered request {request_id}, which is not outstanding")
+            self.outstanding.discard(request_id)
+        return len(ids), errors
+
     def run(
         self, *, inflight: int, per_message: int, duration_s: float, answer_timeout_s: float = 30.0
     ) -> tuple[int, int, float]:
         """(answered, errors, seconds): a closed loop of `inflight` requests in messages of `per_message`."""
         answered = errors = 0
-        while len(self.outstanding) + per_message <= inflight:
-            self._send(per_message)
-        started = time.monotonic()
-        last_answer = started
+        started = last_answer = time.monotonic()
         while (now := time.monotonic()) - started < duration_s:
-            got = self._receive(timeout_s=0.5)
-            if got is None:
-                if now - last_answer > answer_timeout_s:
-                    raise RuntimeError(f"the owner answered nothing for {answer_timeout_s:.0f}s")
-                continue
-            head, _ = got
-            op = head.get("op")
-            if op == "results":
-                ids = [r[0] for r in head["results"]]
-            elif op == "errors":
-                ids = [e[0] for e in head["errors"]]
-                errors += len(ids)
-            else:
-                continue
-            last_answer = now
-            for request_id in ids:
-                if request_id not in self.outstanding:
-                    raise RuntimeError(f"the owner answered request {request_id}, which is not outstanding")
-                self.outstanding.discard(request_id)
-            answered += len(ids)
             while len(self.outstanding) + per_message <= inflight:
                 self._send(per_message)
+            got, failed = self._answers(timeout_s=0.5)
+            if got:
+                answered, errors, last_answer = answered + got, errors + failed, now
+            elif now - last_answer > answer_timeout_s:
+                raise RuntimeError(f"the owner answered nothing for {answer_timeout_s:.0f}s")
         return answered, errors, time.monotonic() - started
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Every outstanding request answered (nothing may be lost between points)."""
         deadline = time.monotonic() + timeout_s
         while self.outstanding and time.monotonic() < deadline:
-            got = self._receive(timeout_s=0.5)
-            if got is None:
-                continue
-            head, _ = got
-            if head.get("op") == "results":
-                self.outstanding.difference_update(r[0] for r in head["results"])
-            elif head.get("op") == "errors":
-                self.outstanding.difference_update(e[0] for e in head["errors"])
+            self._answers(timeout_s=0.5)
         if self.outstanding:
             raise RuntimeError(f"{len(self.outstanding)} requests were never answered by the owner")
 

@@ -82,18 +82,12 @@ class ServerProcess:
         raise TimeoutError(f"{self.name} was not ready within {timeout_s:.0f}s; see {self.log_path}")
 
     def pause(self) -> None:
-        """Stop the whole group (SIGSTOP) until `resume`: a server that polls while idle then
-        takes nothing from the one being measured beside it."""
-        self._signal_group(signal.SIGSTOP)
+        """Stop the server (its whole group with `group`) until `resume`: a server that polls while
+        idle then takes nothing from the one being measured beside it."""
+        self._signal(signal.SIGSTOP)
 
     def resume(self) -> None:
-        self._signal_group(signal.SIGCONT)
-
-    def _signal_group(self, sig: signal.Signals) -> None:
-        # start_new_session made every server its group's leader: the group id is its pid.
-        if self.process is not None and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
+        self._signal(signal.SIGCONT)
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         if self.process is None:

@@ -103,13 +103,13 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
             if start(ctx, stack, contender, status, contenders[0]):
                 up.append(contender)
         if len(up) > 1:
-            idle = idle_cores(up)
-            for name, cores in idle.items():
+            idle_cpu = idle_cores(up)
+            for name, cores in idle_cpu.items():
                 status[name]["idle_cores"] = round(cores, 3)
-            pollers = [c for c in up if idle[c.name] >= POLLING_CORES]
+            pollers = [c for c in up if idle_cpu[c.name] >= POLLING_CORES]
             for contender in pollers:
                 status[contender.name]["paused_while_others_run"] = True
-            runs = rounds(ctx, up, pollers, idle)
+            runs = rounds(ctx, up, pollers, idle_cpu)
     measured = [c.name for c in contenders if status[c.name]["available"]]
     rows = figures.table(runs, measured, ctx.plan.concurrencies)
     peers_measured = [n for n in measured if n != OURS]
