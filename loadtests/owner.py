@@ -29,9 +29,9 @@ import numpy as np
 import zmq
 from tokenizers import Tokenizer
 
-from loadtests import data
+from loadtests import data, frontend
 from loadtests.procstat import cpu_seconds, tree_pids
-from loadtests.servers import ServerProcess, electra_server
+from loadtests.servers import ServerProcess
 from server.core.rows import Row
 from server.workers import wire
 from server.workers.wire import OWNER_ENV
@@ -207,15 +207,6 @@ def tokenized_rows(repository: Path, model: str, count: int = 2000) -> list[Row]
     return rows
 
 
-def start(repository: Path, model: str, cost: str, log_dir: Path) -> ServerProcess:
-    server = electra_server(
-        repository, models=[model], log_path=log_dir / f"server-{cost}.log",
-        extra_args=["--runtime", "simulated", "--workers", "2", *COST_MODELS[cost]],
-    )  # fmt: skip
-    server.group = True
-    return server.start()
-
-
 def measure(args: argparse.Namespace, repository: Path, rows: list[Row], scratch: Path) -> Report:
     report = Report(conditions={
         "runtime": "simulated", "cost_models": COST_MODELS, "inflight": args.inflight,
@@ -224,7 +215,9 @@ def measure(args: argparse.Namespace, repository: Path, rows: list[Row], scratch
     })  # fmt: skip
     for round_no in range(args.rounds):
         for cost in args.costs:
-            with start(repository, args.model, cost, scratch) as server:
+            (scratch / cost).mkdir(exist_ok=True)  # each cost model's server log of its own
+            # Two workers: with one, the server runs in a single process and has no owner to drive.
+            with frontend.start(repository, args.model, 2, scratch / cost, COST_MODELS[cost]) as server:
                 load = OwnerLoad(owner_address(server), args.model, rows)
                 try:
                     load.wait_ready()
