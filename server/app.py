@@ -65,4 +65,4 @@ def build_asgi(
 ) -> HotPathDispatcher:
     """What uvicorn serves: the app, with its inference routes dispatched past FastAPI's stack."""
     app = build_app(service, limits, exposition, control)
-    return HotPathDispatcher(app, app.state.hot_routes, guard)
+    return HotPathDispatcher(app, app.state.hot_routes, guard, service.bodies)

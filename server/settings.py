@@ -145,6 +145,12 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest request body or gRPC message received (413 / RESOURCE_EXHAUSTED beyond)",
     )
+    max_body_buffer_mb: int = Field(
+        _C.max_body_buffer_bytes >> 20,
+        ge=1,
+        description="MiB of request bodies one API process holds at a time, from arrival to answer; past it a "
+        "new body over 64 KiB is refused (429 / RESOURCE_EXHAUSTED with Retry-After)",
+    )
     max_inputs_per_request: int = Field(
         _C.max_inputs_per_request, ge=1, description="most inputs (texts, pairs, questions) in one request (413 beyond)"
     )
@@ -238,6 +244,7 @@ class Settings(BaseSettings):
             max_inputs_per_request=self.max_inputs_per_request,
             max_windows_per_request=self.max_windows_per_request,
             request_timeout_s=self.request_timeout_s,
+            max_body_buffer_bytes=self.max_body_buffer_mb << 20,
         )
 
     def http_limits(self) -> HttpLimits:

@@ -10,9 +10,10 @@ cancels the handler's task, and the CancelledError reaches the batcher, which dr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -68,6 +69,15 @@ async def abort(context: grpc.aio.ServicerContext, failure: ServeError, metadata
     await context.abort(status_code(failure.kind), failure.message)
 
 
+@contextlib.contextmanager
+def holding_body(service: InferenceService, raw: bytes) -> Iterator[None]:
+    """Count a request message's bytes in the process's body buffer until it is answered (a
+    stream's messages one by one); past the buffer a large message is refused (RESOURCE_EXHAUSTED)."""
+    with service.bodies.hold() as hold:
+        hold.grow_to(len(raw))
+        yield
+
+
 def unary(behaviour: Behaviour) -> grpc.RpcMethodHandler:
     """A unary handler on raw bytes (metadata, health, control) whose ServeErrors become the table's
     status codes."""
@@ -95,7 +105,7 @@ def inference_unary(service: InferenceService, protocol: str, behaviour: Inferen
     async def handler(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         call: Call | None = None
         try:
-            with service.track(protocol, request_id_of(context)) as call:
+            with service.track(protocol, request_id_of(context)) as call, holding_body(service, raw):
                 call.deadline = service.deadline_in(context.time_remaining())
                 response = await behaviour(raw, context, call)
             context.set_trailing_metadata(trailing(call))

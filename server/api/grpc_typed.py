@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from proto.electra.v1 import electra_pb2 as pb
-from server.api.grpc_common import decode, inference_unary, request_id_of, status_code, stream
+from server.api.grpc_common import decode, holding_body, inference_unary, request_id_of, status_code, stream
 from server.core.errors import ErrorKind, ServeError
 from server.core.service import Call, InferenceService, Result, TaskRequest
 from server.core.tasks import classify, qa
@@ -175,7 +175,7 @@ class ElectraServicer:
         """One stream message -> its response; every failure is reported in `status`."""
         request_id = ""
         try:
-            with self.service.track(PROTOCOL, request_id_of(context)) as call:
+            with self.service.track(PROTOCOL, request_id_of(context)) as call, holding_body(self.service, raw):
                 call.deadline = self.service.deadline_in(context.time_remaining())
                 message = decode(pb.StreamRequest, raw)
                 request_id = message.id

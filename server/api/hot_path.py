@@ -32,7 +32,9 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from server.api.http_common import REQUEST_ID_HEADER, error_response, json_response
+from server.api.http_common import BODY_HOLD_KEY, REQUEST_ID_HEADER, error_response, json_response
+from server.core.body_budget import BodyBudget
+from server.core.config import DEFAULT_CONFIG
 from server.core.errors import ServeError
 from server.core.service import Call, InferenceService, new_request_id
 
@@ -96,7 +98,9 @@ class HotPathDispatcher:
     """ASGI app: request ids and authentication for every request, the hot routes directly,
     every other request through `app`."""
 
-    def __init__(self, app: FastAPI, routes: Iterable[APIRoute], guard: Guard | None = None) -> None:
+    def __init__(
+        self, app: FastAPI, routes: Iterable[APIRoute], guard: Guard | None = None, bodies: BodyBudget | None = None
+    ) -> None:
         if app.user_middleware:
             raise ValueError(
                 "the hot-path dispatcher would skip FastAPI middleware for inference routes: "
@@ -105,6 +109,8 @@ class HotPathDispatcher:
         self.app = app
         self.routes = list(routes)
         self.guard = guard
+        # Request bodies held at once, shared with the gRPC server of the same process.
+        self.bodies = bodies or BodyBudget(DEFAULT_CONFIG.max_body_buffer_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,13 +129,15 @@ class HotPathDispatcher:
             if refusal is not None:
                 await refusal(scope, receive, send_with_id)
                 return
-        if scope["method"] == "POST":
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    await self._serve(route, {**scope, **child}, receive, send_with_id)
-                    return
-        await self.app(scope, receive, send_with_id)
+        with self.bodies.hold() as hold:
+            scope[BODY_HOLD_KEY] = hold
+            if scope["method"] == "POST":
+                for route in self.routes:
+                    match, child = route.matches(scope)
+                    if match is Match.FULL:
+                        await self._serve(route, {**scope, **child}, receive, send_with_id)
+                        return
+            await self.app(scope, receive, send_with_id)
 
     async def _serve(self, route: APIRoute, scope: Scope, receive: Receive, send: Send) -> None:
         scope["app"] = self.app

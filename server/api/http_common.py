@@ -13,12 +13,15 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from server.core.body_budget import BodyHold
 from server.core.errors import ErrorKind, ServeError
 from server.core.timings import Timings
 
 T = TypeVar("T")
 TIMEOUT_HEADER = "x-request-timeout-ms"
 REQUEST_ID_HEADER = "x-request-id"
+# The ASGI scope key of a request's share of the process's body buffer (core/body_budget.py).
+BODY_HOLD_KEY = "electra.body_hold"
 
 # One set of names and units (milliseconds) for the REST headers and the gRPC trailing metadata.
 MODEL_HEADER = "x-model-name"
@@ -86,6 +89,10 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float | None = 
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise ServeError(ErrorKind.TOO_LARGE, f"request body of {declared} bytes exceeds {max_bytes}")
+    # The process's body buffer (the dispatcher gives it back when the request is answered).
+    hold: BodyHold | None = request.scope.get(BODY_HOLD_KEY)
+    if hold is not None and declared is not None and declared.isdigit():
+        hold.grow_to(int(declared))
 
     async def collect() -> bytes:
         body = bytearray()
@@ -93,6 +100,8 @@ async def read_body(request: Request, max_bytes: int, timeout_s: float | None = 
             body += chunk
             if len(body) > max_bytes:
                 raise ServeError(ErrorKind.TOO_LARGE, f"request body exceeds {max_bytes} bytes")
+            if hold is not None:
+                hold.grow_to(len(body))
         return bytes(body)
 
     if timeout_s is None:

@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from proto.inference import grpc_service_pb2 as pb
 from server.api import v2_tensors as t
-from server.api.grpc_common import decode, inference_unary, request_id_of, stream, unary
+from server.api.grpc_common import decode, holding_body, inference_unary, request_id_of, stream, unary
 from server.api.repository import RepositoryControl
 from server.api.v2_dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.core.errors import ErrorKind, ServeError
@@ -111,7 +111,7 @@ class InferenceServicer:
         """One streamed request -> its response; a failure is reported in `error_message`."""
         request = pb.ModelInferRequest()
         try:
-            with self.service.track(PROTOCOL, request_id_of(context)) as call:
+            with self.service.track(PROTOCOL, request_id_of(context)) as call, holding_body(self.service, raw):
                 request = decode(pb.ModelInferRequest, raw)
                 outcome = await self._infer(request, context, call)
                 return pb.ModelStreamInferResponse(infer_response=infer_response(request, outcome))

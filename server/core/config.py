@@ -97,6 +97,8 @@ class CoreConfig:
     # Decoding a request with more rows than this runs off the event loop (QA over many windows,
     # long tag or discriminate texts): a long decode must not hold every other request.
     inline_decode_rows: int = 16
+    # Bytes of request bodies an API process holds at once; past it large bodies get 429.
+    max_body_buffer_bytes: int = 64 * 1024 * 1024
 
     def batch_policy(self, device: Device) -> BatchPolicy:
         """The batcher's limits on `device`: what the user set, else the device's default."""

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from server.core.body_budget import BodyBudget
 from server.core.config import CoreConfig
 from server.core.errors import OK_CODE, ErrorKind, ServeError, internal_error, invalid, too_large
 from server.core.heap import release_free_heap
@@ -108,6 +109,7 @@ class InferenceService:
         self.registry = registry
         self.observer: ServiceObserver = observer or NullObserver()
         self.stats = ModelStats(self._executions)
+        self.bodies = BodyBudget(config.max_body_buffer_bytes)
         self.loaded = False  # start-up loading finished
         self.draining = False
         self.load_error: str | None = None
@@ -363,8 +365,10 @@ class InferenceService:
             self._tokenize_backlog -= 1
 
     def _schedule_trim(self) -> None:
-        if not self.registry.heap_tuned:
+        # Where no model runs (an API worker), only large bodies leave heap worth giving back.
+        if not (self.registry.heap_tuned or self.bodies.large_seen):
             return
+        self.bodies.large_seen = False
         if self._trim_timer is not None:
             self._trim_timer.cancel()
         self._trim_timer = asyncio.get_running_loop().call_later(IDLE_TRIM_S, self._trim_if_idle)

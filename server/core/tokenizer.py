@@ -12,6 +12,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from server.core.tasks.token_budget import splitter
+
 
 class TokenizerPool:
     def __init__(self, tokenizer_json: str) -> None:
@@ -21,6 +23,8 @@ class TokenizerPool:
         self.cls_token_id = prototype.token_to_id("[CLS]")
         self.sep_token_id = prototype.token_to_id("[SEP]")
         self.pad_token_id = prototype.token_to_id("[PAD]") or 0
+        # Builds the split-point table (~0.2 s, once a process) at load, not on a first long request.
+        splitter(prototype)
 
     @classmethod
     def from_file(cls, path: Path) -> TokenizerPool:

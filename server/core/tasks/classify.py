@@ -9,12 +9,13 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Tokenizer
 
-from server.core.errors import invalid
+from server.core.errors import ServeError, invalid
 from server.core.manifest import Manifest
 from server.core.rows import RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
 from server.core.tasks.common import check_rows, item_inputs, label_names, row_of, sigmoid, softmax
 from server.core.tasks.params import Bool, Choice, Int, ParamTable, type_name
+from server.core.tasks.token_budget import PIECE_CHARS, count_tokens, prefix_for
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
 # Far more than any head has labels; only there so that no request asks for an absurd list.
@@ -96,6 +97,11 @@ class ClassifyTask(TaskHandler):
         check_rows(len(items), max_rows)
         tokenizer.no_padding()
         if params.truncate:
+            # Only the first max_seq_len tokens of each text can be kept: the rest is never tokenized.
+            items = [_kept(tokenizer, item, manifest.max_seq_len) for item in items]
+        else:
+            _check_lengths(tokenizer, items, manifest.max_seq_len)
+        if params.truncate:
             # Pairs are cut longest-first, as transformers does for truncation=True.
             tokenizer.enable_truncation(max_length=manifest.max_seq_len, strategy="longest_first")
         else:
@@ -104,10 +110,7 @@ class ClassifyTask(TaskHandler):
         for i, encoding in enumerate(encodings):
             if len(encoding) > manifest.max_seq_len:
                 where = "input" if len(items) == 1 else f"inputs[{i}]"
-                raise invalid(
-                    f"{where} is {len(encoding)} tokens long, more than the model's maximum of "
-                    f"{manifest.max_seq_len}; shorten it or set parameters.truncate to true"
-                )
+                raise _too_long(where, f"{len(encoding)}", manifest.max_seq_len)
         return [Encoded(rows=[row_of(encoding)]) for encoding in encodings]
 
     def decode(
@@ -128,3 +131,30 @@ class ClassifyTask(TaskHandler):
             reverse=True,
         )
         return ranked if params.top_k is None else ranked[: params.top_k]
+
+
+def _too_long(where: str, length: str, max_seq_len: int) -> ServeError:
+    return invalid(
+        f"{where} is {length} tokens long, more than the model's maximum of "
+        f"{max_seq_len}; shorten it or set parameters.truncate to true"
+    )
+
+
+def _check_lengths(tokenizer: Tokenizer, items: list[Item], max_seq_len: int) -> None:
+    """Refuse (422) a text too long for the model after counting at most max_seq_len of its
+    tokens: only texts longer than a counting piece could cost more than that to tokenize whole."""
+    for i, (text, pair) in enumerate(items):
+        if max(len(text), len(pair or "")) <= PIECE_CHARS:
+            continue
+        tokens = 0
+        for part in (text, pair):
+            if part:
+                counted = count_tokens(tokenizer, part, max_seq_len - tokens)
+                tokens += counted.tokens
+                if tokens > max_seq_len:
+                    raise _too_long("input" if len(items) == 1 else f"inputs[{i}]", f"over {max_seq_len}", max_seq_len)
+
+
+def _kept(tokenizer: Tokenizer, item: Item, max_seq_len: int) -> Item:
+    text, pair = item
+    return prefix_for(tokenizer, text, max_seq_len), prefix_for(tokenizer, pair, max_seq_len) if pair else pair

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -17,6 +17,7 @@ from tokenizers import Encoding, Tokenizer
 from server.core.errors import bad_request, invalid, too_large
 from server.core.rows import Row
 from server.core.tasks.params import type_name
+from server.core.tasks.token_budget import count_tokens
 
 T = TypeVar("T")
 
@@ -108,10 +109,16 @@ def window_count(n_tokens: int, room: int, step: int) -> int:
 
 def check_rows(total: int, max_rows: int | None, what: str = "this request") -> None:
     if max_rows is not None and total > max_rows:
-        raise too_large(
-            f"{what} needs {total} model windows; at most {max_rows} are allowed per request (the window "
-            "limit, and a request's share of the model's queue): send fewer or shorter texts, or a smaller stride"
-        )
+        refuse_rows(total, max_rows, what=what)
+
+
+def refuse_rows(total: int, max_rows: int, *, exact: bool = True, what: str = "this request") -> NoReturn:
+    """413: `total` windows needed (or, when counting stopped at the limit, more than that)."""
+    needs = f"{total}" if exact else f"at least {total}"
+    raise too_large(
+        f"{what} needs {needs} model windows; at most {max_rows} are allowed per request (the window "
+        "limit, and a request's share of the model's queue): send fewer or shorter texts, or a smaller stride"
+    )
 
 
 def check_stride(tokenizer: Tokenizer, stride: int, max_seq_len: int) -> None:
@@ -126,20 +133,30 @@ def check_stride(tokenizer: Tokenizer, stride: int, max_seq_len: int) -> None:
         )
 
 
+def tokens_within(windows: int, room: int, step: int) -> int:
+    """The most tokens that `windows` windows of `room` tokens, `step` apart, can cover."""
+    return 0 if windows <= 0 else room + (windows - 1) * step
+
+
 def count_single_windows(tokenizer: Tokenizer, texts: list[str], room: int, step: int, max_rows: int | None) -> None:
     """Refuse (413) texts that would need more than `max_rows` windows, before any is built.
 
     `max_tokens` bounds the windows; only when that bound passes the limit are the long texts
-    tokenized (without windows) to count exactly."""
+    counted, each only as far as the windows still allowed could reach (token_budget), so a
+    refusal costs the budget's work, not the text's."""
     if max_rows is None:
         return
     bounds = [max_tokens(t) for t in texts]
     if sum(window_count(n, room, step) for n in bounds) <= max_rows:
         return
-    long = [t for t, n in zip(texts, bounds, strict=True) if n > room]
-    tokenizer.no_truncation()
-    lengths = [len(e) for e in tokenizer.encode_batch(long, add_special_tokens=False)]
-    check_rows(len(texts) - len(long) + sum(window_count(n, room, step) for n in lengths), max_rows)
+    windows = sum(1 for n in bounds if n <= room)  # a short text is one window, whatever it holds
+    for text, bound in zip(texts, bounds, strict=True):
+        if bound <= room:
+            continue
+        counted = count_tokens(tokenizer, text, tokens_within(max_rows - windows, room, step))
+        windows += window_count(counted.tokens, room, step)
+        if counted.end < len(text) or windows > max_rows:
+            refuse_rows(windows, max_rows, exact=counted.exact and counted.end == len(text))
 
 
 def encode_windows(
@@ -153,7 +170,10 @@ def encode_windows(
     count_single_windows(tokenizer, texts, room, room - stride, max_rows)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length=max_seq_len, stride=stride, strategy="longest_first")
-    return [[encoding, *encoding.overflowing] for encoding in tokenizer.encode_batch(texts)]
+    windows = [[encoding, *encoding.overflowing] for encoding in tokenizer.encode_batch(texts)]
+    # The count may have skipped one-word runs (a lower bound): the windows built are the truth.
+    check_rows(sum(len(w) for w in windows), max_rows)
+    return windows
 
 
 def window_starts(count: int, step: int) -> list[int]:

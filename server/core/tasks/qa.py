@@ -49,13 +49,22 @@ from typing import Any, ClassVar
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from server.core.errors import bad_request, invalid
+from server.core.errors import ServeError, bad_request, invalid
 from server.core.manifest import Manifest
 from server.core.rows import Row, RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import check_rows, item_inputs, max_tokens, min_advance, window_count
+from server.core.tasks.common import (
+    check_rows,
+    item_inputs,
+    max_tokens,
+    min_advance,
+    refuse_rows,
+    tokens_within,
+    window_count,
+)
 from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
+from server.core.tasks.token_budget import Count, count_each, count_tokens
 
 # Each answer is a span the decoder walks for every window: a bound keeps that work small.
 MAX_TOP_K = 100
@@ -171,12 +180,13 @@ def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, ma
     Each window holds max_seq_len - specials - question tokens of context; consecutive windows
     share doc_stride of them. When that room is not larger than doc_stride and the context does
     not fit in one window, the Rust tokenizer fails (or panics): say why instead. `max_tokens`
-    bounds a context's tokens without tokenizing it: contexts are only tokenized here when that
-    bound is not enough to decide."""
+    bounds a context's tokens without tokenizing it: contexts are only counted here when that
+    bound is not enough to decide, and then only as far as the windows still allowed reach
+    (token_budget), so a refusal costs the budget's work, not the text's. Questions are counted
+    up to max_seq_len: a longer one leaves no room in any window."""
     specials = tokenizer.num_special_tokens_to_add(True)
-    tokenizer.no_truncation()
-    questions = tokenizer.encode_batch([q for q, _ in items], add_special_tokens=False)
-    rooms = [params.max_seq_len - specials - len(q) for q in questions]
+    questions = count_each(tokenizer, [q for q, _ in items], params.max_seq_len)
+    rooms = [params.max_seq_len - specials - q.tokens for q in questions]
     steps = [room - params.doc_stride for room in rooms]
     bounds = [max_tokens(context) for _, context in items]
     maybe_long = [i for i, room in enumerate(rooms) if bounds[i] > room]
@@ -186,28 +196,43 @@ def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, ma
         - len(maybe_long)
         + sum(window_count(bounds[i], rooms[i], steps[i]) for i in maybe_long if i not in tight)
     )
-    counted = [i for i in maybe_long if i in tight or (max_rows is not None and bound + len(tight) > max_rows)]
-    contexts = tokenizer.encode_batch([items[i][1] for i in counted], add_special_tokens=False)
-    lengths = {i: len(context) for i, context in zip(counted, contexts, strict=True)}
-    windows = 0
-    for i, room in enumerate(rooms):
-        if i not in lengths:
-            windows += 1 if i not in maybe_long else window_count(bounds[i], room, steps[i])
-        elif lengths[i] <= room:
+    count_all = max_rows is not None and bound + len(tight) > max_rows
+    windows = len(items) - len(maybe_long)
+    later = len(maybe_long)  # windows the items not yet counted need at least
+    for i in maybe_long:
+        later -= 1
+        room, step, context = rooms[i], steps[i], items[i][1]
+        if i in tight:
+            counted = count_tokens(tokenizer, context, max(room, 0))
+            if not counted.exact:  # a one-word run was skipped: only the whole count can tell
+                counted = Count(len(tokenizer.encode(context, add_special_tokens=False)), len(context), True)
+            if counted.passed(room):
+                raise _no_room(items, i, questions[i], room, step, params, specials)
             windows += 1  # fits in one window: nothing to stride over
-        elif i in tight:
-            where = "input" if len(items) == 1 else f"inputs[{i}]"
-            raise invalid(
-                f"{where}.question is {len(questions[i])} tokens long, which leaves {max(room, 0)} "
-                f"tokens for the context in a window of max_seq_len={params.max_seq_len} "
-                f"({specials} special tokens); with doc_stride={params.doc_stride} the windows would "
-                f"advance by {max(steps[i], 0)} tokens, fewer than the {min_advance(max(room, 1))} "
-                "required, so the context cannot be split into windows; shorten the question, "
-                "raise max_seq_len or lower doc_stride"
-            )
+        elif not count_all:
+            windows += window_count(bounds[i], room, step)
         else:
-            windows += window_count(lengths[i], room, steps[i])
+            assert max_rows is not None  # count_all
+            counted = count_tokens(tokenizer, context, tokens_within(max_rows - windows - later, room, step))
+            windows += window_count(counted.tokens, room, step)
+            if windows + later > max_rows:
+                refuse_rows(windows + later, max_rows, exact=counted.exact and counted.end == len(context))
     check_rows(windows, max_rows)
+
+
+def _no_room(
+    items: list[Item], i: int, question: Count, room: int, step: int, params: QaParams, specials: int
+) -> ServeError:
+    where = "input" if len(items) == 1 else f"inputs[{i}]"
+    length = f"{question.tokens}" if question.end == len(items[i][0]) else f"over {question.tokens}"
+    return invalid(
+        f"{where}.question is {length} tokens long, which leaves {max(room, 0)} "
+        f"tokens for the context in a window of max_seq_len={params.max_seq_len} "
+        f"({specials} special tokens); with doc_stride={params.doc_stride} the windows would "
+        f"advance by {max(step, 0)} tokens, fewer than the {min_advance(max(room, 1))} "
+        "required, so the context cannot be split into windows; shorten the question, "
+        "raise max_seq_len or lower doc_stride"
+    )
 
 
 def _p_mask(encoding: Encoding, cls_id: int | None) -> np.ndarray:
@@ -258,6 +283,8 @@ class QaTask(TaskHandler):
             windows = [encoding, *encoding.overflowing]
             state = QaState(context=context, windows=windows, p_masks=[_p_mask(w, cls_id) for w in windows])
             encoded.append(Encoded(rows=[_row(w) for w in windows], state=state))
+        # The count may have skipped one-word runs (a lower bound): the windows built are the truth.
+        check_rows(sum(len(e.rows) for e in encoded), max_rows)
         return encoded
 
     def pipeline_json(self, value: list[dict[str, Any]]) -> Any:
