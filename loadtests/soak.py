@@ -72,7 +72,6 @@ from loadtests.servers import HOST, ServerProcess, electra_server, offered_proto
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024
-HOSTILE_TEXT = "a " * (2 * MB)  # 4 MB, one token every two bytes
 
 # ---------------------------------------------------------------- outcomes (pure)
 
@@ -309,9 +308,6 @@ MIX: tuple[Op, ...] = (
     Op("grpc-stream-cancel", "grpc-stream", "cancel", 0.5, "grpc"),
     Op("rest-deadline", "rest", "deadline", 0.5, "rest"),
     Op("grpc-deadline", "grpc", "deadline", 0.5, "grpc"),
-    # A text far past the window budget (loadtests/hostile.py): refused at the budget's cost.
-    Op("rest-hostile", "rest", "reject", 0.3, "rest"),
-    Op("grpc-hostile", "grpc", "reject", 0.2, "grpc"),
 )
 
 
@@ -600,23 +596,6 @@ class Traffic:
     async def op_v2_grpc(self, op: Op, rng: random.Random) -> list[Any]:
         request = self.v2_request(self._task(rng), rng)
         status, detail = await self.unary(V2_INFER, request.SerializeToString(), rng)
-        return [(op.protocol, op.expect, status, detail)]
-
-    async def op_rest_hostile(self, op: Op, rng: random.Random) -> list[Any]:
-        task = rng.choice([t for t in ("tag", "discriminate", "qa") if t in self.target.models])
-        text = HOSTILE_TEXT[: rng.randint(1, 4) * MB]
-        inputs: Any = {"question": "Who?", "context": text} if task == "qa" else text
-        body = {"model": self.target.models[task], "inputs": inputs}
-        status, detail = await self.post(f"/v1/{task}", orjson.dumps(body))
-        return [(op.protocol, op.expect, status, detail)]
-
-    async def op_grpc_hostile(self, op: Op, rng: random.Random) -> list[Any]:
-        from proto.electra.v1 import electra_pb2 as pb
-
-        request = pb.TagRequest(
-            model=self.target.models.get("tag", ""), inputs=[HOSTILE_TEXT[: rng.randint(1, 4) * MB]]
-        )
-        status, detail = await self.unary(f"/{SERVICE}/Tag", request.SerializeToString(), rng)
         return [(op.protocol, op.expect, status, detail)]
 
     async def op_grpc_malformed(self, op: Op, rng: random.Random) -> list[Any]:
