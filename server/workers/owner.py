@@ -275,10 +275,12 @@ class ModelOwner:
             self._send(identity, table)
 
     async def _publish_periodically(self) -> None:
+        # Forced: the periodic table is also the owner's heartbeat. Skipping unchanged tables left
+        # an idle server's workers without a word for 3 s, and they turned not ready ("loading").
         while True:
             await asyncio.sleep(TABLE_PERIOD_S)
             try:
-                await self.publish()
+                await self.publish(force=True)
             except Exception:
                 log.exception("publishing the model table failed")
 

@@ -25,6 +25,9 @@ Frames = list[Any]  # bytes, memoryview or numpy arrays (anything with the buffe
 # How the supervisor tells each API worker where its owner listens, and which worker it is.
 OWNER_ENV = "ELECTRA_INTERNAL_OWNER"
 INDEX_ENV = "ELECTRA_INTERNAL_WORKER"
+# A worker that hears nothing from the owner for this long (six table periods) turns not ready
+# until it speaks again.
+OWNER_SILENCE_S = 3.0
 
 
 def _buffer(frame: Any) -> Any:

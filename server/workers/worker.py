@@ -20,9 +20,8 @@ from server.metrics import Metrics
 from server.runner import Security, listening_socket, run_front, stop_on_signals
 from server.settings import Settings, load_settings
 from server.workers.mirror import MirrorRegistry, OwnerClient, worker_identity
-from server.workers.wire import INDEX_ENV, OWNER_ENV
+from server.workers.wire import INDEX_ENV, OWNER_ENV, OWNER_SILENCE_S
 
-OWNER_SILENCE_S = 3.0  # six table periods without a word: readiness false until it speaks again
 log = logging.getLogger("electra.worker")
 
 

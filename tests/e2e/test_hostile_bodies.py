@@ -31,9 +31,7 @@ BODY_BUFFER_MB = 64  # the default --max-body-buffer-mb
 SLOWEST_S = 10.0
 
 
-# One process only: with --workers 2 the same barrage turns the API workers not ready (every
-# request 503 / UNAVAILABLE from the first barrage on), a defect still open (docs/PERFORMANCE.md).
-@pytest.fixture(scope="module", params=[1], ids=["one-process"])
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "workers-2"])
 def hostile_server(request: pytest.FixtureRequest, demo_repository: Path, tmp_path_factory) -> Iterator[ServerProcess]:
     workers = request.param
     args = ["--workers", str(workers)] if workers > 1 else []

@@ -20,6 +20,7 @@ import tritonclient.http as thttp
 
 from proto.electra.v1 import electra_pb2 as pb
 from proto.electra.v1 import electra_pb2_grpc as pb_grpc
+from server.workers.wire import OWNER_SILENCE_S
 from tests.e2e.conftest import ServerProcess, start_server
 from tests.e2e.test_hostile import metric
 from tests.e2e.test_model_control import MODEL, ClosedLoop, add_version
@@ -43,6 +44,16 @@ def workers(served_repository: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield handle
     finally:
         assert handle.stop() == 0, handle.log()[-3000:]
+
+
+def test_an_idle_server_stays_ready(workers: ServerProcess) -> None:
+    """The owner's periodic table is its heartbeat: it skipped unchanged tables, so after 3 s
+    without traffic every worker thought the owner silent and answered 503 "loading"."""
+    time.sleep(OWNER_SILENCE_S + 1.5)
+    for _ in range(12):  # new connections: both workers
+        with httpx.Client(base_url=workers.url, timeout=30) as fresh:
+            response = fresh.get("/health/ready")
+        assert response.status_code == 200, response.text
 
 
 def test_every_protocol_answers_as_one_process_does(workers: ServerProcess, server: ServerProcess) -> None:
