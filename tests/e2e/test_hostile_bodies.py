@@ -10,9 +10,8 @@ peak within 10% of its level at rest plus the body buffer of each API process, a
 it afterwards; liveness 200 throughout; a short classify request's p99 during the barrage at
 most 3x its p99 at rest, measured just before it.
 
-Not yet met, and asserted as far as they hold: over gRPC the peak and what stays afterwards (grpc
-holds every received message before a handler can refuse it), and the 3x on some paths (the
-bound asserted is never worse than 1 s)."""
+Over gRPC the peak may also hold the messages in flight: grpc receives each one whole before a
+handler can refuse it. The 3x is not met on every path and run (the bound asserted is 1 s)."""
 
 from __future__ import annotations
 
@@ -28,6 +27,7 @@ from loadtests.hostile import KINDS, expected
 from tests.e2e.conftest import ROOT, ServerProcess, start_server
 
 BODY_BUFFER_MB = 64  # the default --max-body-buffer-mb
+REQUESTS, TEXT_MB = 32, 4  # loadtests/hostile.py's defaults
 SLOWEST_S = 10.0
 
 
@@ -56,9 +56,11 @@ def run_barrage(server: ServerProcess, out: Path, *args: str) -> list[dict]:
 
 
 def test_hostile_bodies_are_refused_at_the_budgets_cost(hostile_server: ServerProcess, tmp_path: Path) -> None:
-    # A first, smaller round settles what the process keeps for good after its first large bodies
-    # (grpc's receive buffers: ~240 MB once, then flat); the judged round follows.
+    # A first round settles what the process keeps for good after its first large bodies (grpc's
+    # threads and buffers: ~35 MB once, at full concurrency, then flat); the judged round follows.
+    grpc_kinds = ",".join(k for k in KINDS if k.startswith(("grpc", "v2-grpc")))
     run_barrage(hostile_server, tmp_path / "warm-up.json", "--requests", "8")
+    run_barrage(hostile_server, tmp_path / "warm-up-grpc.json", "--kinds", grpc_kinds)
     outcomes = run_barrage(hostile_server, tmp_path / "hostile.json")
     assert [o["kind"] for o in outcomes] == KINDS
     api_processes = hostile_server.workers  # type: ignore[attr-defined]
@@ -67,14 +69,12 @@ def test_hostile_bodies_are_refused_at_the_budgets_cost(hostile_server: ServerPr
         assert o["unexpected"] == 0 and set(o["answers"]) <= expected(o["kind"]), where
         assert o["slowest_s"] < SLOWEST_S, where
         assert o["live_failures"] == 0 and o["short_errors"] == 0, where
+        held = BODY_BUFFER_MB * api_processes
         if o["kind"].startswith(("grpc", "v2-grpc")):
-            # grpc receives every message whole before a handler sees it (32 x 4 MB here) and keeps
-            # ~100 MB of it after each barrage: bounded, but past the target (docs/PERFORMANCE.md).
-            assert o["rss_peak_mb"] <= o["rss_rest_mb"] * 1.10 + 4 * 32 * 2 + BODY_BUFFER_MB * api_processes, where
-            assert o["rss_after_mb"] <= o["rss_rest_mb"] + 4 * 32, where
-        else:
-            assert o["rss_peak_mb"] <= o["rss_rest_mb"] * 1.10 + BODY_BUFFER_MB * api_processes, where
-            assert o["rss_after_mb"] <= o["rss_rest_mb"] * 1.05, where
+            # grpc receives every message whole before a handler can refuse it: 32 x 4 MB here.
+            held += REQUESTS * TEXT_MB
+        assert o["rss_peak_mb"] <= o["rss_rest_mb"] * 1.10 + held, where
+        assert o["rss_after_mb"] <= o["rss_rest_mb"] * 1.05, where
         # Never starved; the 3x-of-rest target is met on some paths only (see docs/PERFORMANCE.md).
         assert o["short_p99_during_ms"] <= max(3 * o["short_p99_rest_ms"], 1000.0), where
     # The body buffer held: not every 4 MB body of 32 at once can be held by one process.

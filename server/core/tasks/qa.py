@@ -64,7 +64,7 @@ from server.core.tasks.common import (
 )
 from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
-from server.core.tasks.token_budget import Count, count_each, count_tokens
+from server.core.tasks.token_budget import Count, count_each, count_tokens, one_length
 
 # Each answer is a span the decoder walks for every window: a bound keeps that work small.
 MAX_TOP_K = 100
@@ -205,7 +205,7 @@ def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, ma
         if i in tight:
             counted = count_tokens(tokenizer, context, max(room, 0))
             if not counted.exact:  # a one-word run was skipped: only the whole count can tell
-                counted = Count(len(tokenizer.encode(context, add_special_tokens=False)), len(context), True)
+                counted = Count(one_length(tokenizer, context), len(context), True)
             if counted.passed(room):
                 raise _no_room(items, i, questions[i], room, step, params, specials)
             windows += 1  # fits in one window: nothing to stride over
