@@ -148,8 +148,9 @@ class Settings(BaseSettings):
     max_body_buffer_mb: int = Field(
         _C.max_body_buffer_bytes >> 20,
         ge=1,
-        description="MiB of request bodies one API process holds at a time, from arrival to answer; past it a "
-        "new body over 64 KiB is refused (429 / RESOURCE_EXHAUSTED with Retry-After)",
+        description="MiB of request bodies one API process holds at a time, from arrival to answer, each counted "
+        "four times (its parsed copies); past it a new body over 64 KiB is refused (429 / RESOURCE_EXHAUSTED "
+        "with Retry-After; 413 for a body the whole buffer could never hold)",
     )
     max_inputs_per_request: int = Field(
         _C.max_inputs_per_request, ge=1, description="most inputs (texts, pairs, questions) in one request (413 beyond)"

@@ -34,6 +34,13 @@ class BodyBudget:
         return BodyHold(self)
 
     def _take(self, size: int, total: int) -> None:
+        if total > SMALL_BODY_BYTES and total * COPIES > self.limit_bytes:
+            # Waiting would not help: the buffer could never hold this body.
+            raise ServeError(
+                ErrorKind.TOO_LARGE,
+                f"a request body of at least {total} bytes (counted {COPIES} times: its parsed copies) is "
+                f"more than the whole buffer of {self.limit_bytes} bytes (--max-body-buffer-mb)",
+            )
         if total > SMALL_BODY_BYTES and self.held_bytes + size > self.limit_bytes:
             raise ServeError(
                 ErrorKind.OVERLOADED,

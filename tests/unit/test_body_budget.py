@@ -59,3 +59,11 @@ def test_a_large_body_asks_for_the_heap_to_be_trimmed() -> None:
     with budget.hold() as hold:
         hold.grow_to(LARGE_BODY_BYTES)
     assert budget.large_seen
+
+
+def test_a_body_the_buffer_could_never_hold_is_too_large_not_overloaded() -> None:
+    budget = BodyBudget(8 * MB)
+    with budget.hold() as hold, pytest.raises(ServeError) as refused:
+        hold.grow_to(4 * MB)  # counted 16 MB
+    assert refused.value.kind is ErrorKind.TOO_LARGE and refused.value.retry_after_s is None
+    assert budget.held_bytes == 0
