@@ -149,7 +149,7 @@ class Settings(BaseSettings):
         _C.max_body_buffer_bytes >> 20,
         ge=1,
         description="MiB of request bodies one API process holds at a time, from arrival to answer, each counted "
-        "four times (its parsed copies); past it a new body over 64 KiB is refused (429 / RESOURCE_EXHAUSTED "
+        "six times (its parsed copies); past it a new body over 64 KiB is refused (429 / RESOURCE_EXHAUSTED "
         "with Retry-After; 413 for a body the whole buffer could never hold)",
     )
     max_inputs_per_request: int = Field(

@@ -15,9 +15,10 @@ from server.core.errors import ErrorKind, ServeError
 # Bodies up to this size always pass (they still count towards the cap).
 SMALL_BODY_BYTES = 64 * 1024
 # What a body costs in memory while its request runs, in multiples of its size: its bytes as they
-# arrive, the parsed texts, their UTF-8 form for the window bound, and a protocol's own copies
-# (KServe v2 tensors). Measured: 17 v2 HTTP bodies of 4 MB at once took 270 MB above rest.
-COPIES = 4
+# arrive (a growing buffer, then its copy), the parsed texts, their UTF-8 form for the window
+# bound, and a protocol's own copies (KServe v2 tensors). Measured with 4 MB bodies: 17 v2 HTTP
+# bodies at once took 270 MB above rest (4 each); charged 4 times, 3 bodies took 60-85 MB (5-7).
+COPIES = 6
 # A body from this size on leaves enough freed heap behind (its bytes, its parsed texts, their
 # tokens) that the idle process should give it back.
 LARGE_BODY_BYTES = 1024 * 1024
