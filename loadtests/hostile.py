@@ -193,15 +193,19 @@ class Probe:
 
     def __init__(self, target: Target) -> None:
         context = multiprocessing.get_context("spawn")
-        self._stop = context.Event()
+        self._stop, self._ready = context.Event(), context.Event()
         self._results, child = context.Pipe(duplex=False)
-        self._process = context.Process(target=_probe, args=(target.url, self._stop, child), daemon=True)
+        self._process = context.Process(target=_probe, args=(target.url, self._stop, self._ready, child), daemon=True)
         self.latencies: list[float] = []
         self.errors = 0
         self.live_failures = 0
 
     def __enter__(self) -> Probe:
+        # A spawned interpreter takes about a second to start: a barrage that began before the
+        # probe's first request would be measured by nothing.
         self._process.start()
+        if not self._ready.wait(60):
+            raise RuntimeError("the probe process did not start")
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -211,10 +215,12 @@ class Probe:
         self._process.join(30)
 
 
-def _probe(url: str, stop: Any, results: Any) -> None:
+def _probe(url: str, stop: Any, ready: Any, results: Any) -> None:
     target = Target(url, "")
     latencies, errors, live_failures = [], 0, 0
     with httpx.Client() as client:
+        _post(client, target, "/v1/classify", SHORT_BODY)  # the connection, not measured
+        ready.set()
         i = 0
         while not stop.is_set():
             started = time.perf_counter()

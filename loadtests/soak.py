@@ -17,8 +17,9 @@ from MIX: the task routes `/v1/{classify,qa,tag,discriminate}`, the Hugging Face
 `/models/{name}`, KServe v2 `/v2/models/{name}/infer`, the typed gRPC API (unary, and the
 bidirectional `Stream` with 1-6 messages a call, some of them malformed), KServe v2 gRPC
 `ModelInfer`, probes (`/health/ready`, `/metrics`, `/v1/models`); a share of malformed requests
-(bad JSON, missing or mistyped fields, unknown models, bad tensors, too many inputs: each must be
-a 4xx or a gRPC INVALID_ARGUMENT / NOT_FOUND / RESOURCE_EXHAUSTED), requests with a 1 ms deadline
+(bad JSON, missing or mistyped fields, unknown models, bad tensors, too many inputs, a 1-4 MB text
+far past the window budget: each must be a 4xx or a gRPC INVALID_ARGUMENT / NOT_FOUND /
+RESOURCE_EXHAUSTED), requests with a 1 ms deadline
 (504 / DEADLINE_EXCEEDED, or an answer), client disconnects and cancels (requests cancelled in
 flight, sockets closed mid-body or before the answer, streams cancelled) and fresh connections
 (HTTP `Connection: close`, a new gRPC channel per call). Every answer is counted by protocol and
@@ -72,6 +73,7 @@ from loadtests.servers import HOST, ServerProcess, electra_server, offered_proto
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MB = 1024 * 1024
+HOSTILE_TEXT = "a " * (2 * MB)  # 4 MB, one token every two bytes
 
 # ---------------------------------------------------------------- outcomes (pure)
 
@@ -308,6 +310,10 @@ MIX: tuple[Op, ...] = (
     Op("grpc-stream-cancel", "grpc-stream", "cancel", 0.5, "grpc"),
     Op("rest-deadline", "rest", "deadline", 0.5, "rest"),
     Op("grpc-deadline", "grpc", "deadline", 0.5, "grpc"),
+    # A text of 1-4 MB far past the window budget (loadtests/hostile.py): refused at the budget's
+    # cost (413 / 422 for classify / RESOURCE_EXHAUSTED, or 429 past the body buffer).
+    Op("rest-hostile", "rest", "reject", 0.3, "rest"),
+    Op("grpc-hostile", "grpc", "reject", 0.2, "grpc"),
 )
 
 
@@ -596,6 +602,25 @@ class Traffic:
     async def op_v2_grpc(self, op: Op, rng: random.Random) -> list[Any]:
         request = self.v2_request(self._task(rng), rng)
         status, detail = await self.unary(V2_INFER, request.SerializeToString(), rng)
+        return [(op.protocol, op.expect, status, detail)]
+
+    def hostile_body(self, rng: random.Random) -> tuple[str, dict[str, Any]]:
+        """(task, REST body) whose one text is far past the window budget."""
+        task = self._task(rng)
+        text = HOSTILE_TEXT[: rng.randint(1, 4) * MB]
+        inputs: Any = {"question": "Who?", "context": text} if task == "qa" else text
+        return task, {"model": self.target.models[task], "inputs": inputs}
+
+    async def op_rest_hostile(self, op: Op, rng: random.Random) -> list[Any]:
+        task, body = self.hostile_body(rng)
+        status, detail = await self.post(f"/v1/{task}", orjson.dumps(body))
+        return [(op.protocol, op.expect, status, detail)]
+
+    async def op_grpc_hostile(self, op: Op, rng: random.Random) -> list[Any]:
+        from loadtests.clients.pyload import grpc_request
+
+        method, request = grpc_request(*self.hostile_body(rng))
+        status, detail = await self.unary(f"/{SERVICE}/{method}", request.SerializeToString(), rng)
         return [(op.protocol, op.expect, status, detail)]
 
     async def op_grpc_malformed(self, op: Op, rng: random.Random) -> list[Any]:
