@@ -4,7 +4,8 @@ Every body is bounded by --max-request-bytes, but 32 clients sending 4 MB bodies
 130 MB of raw bytes before any work, and their parsed texts as much again. A body is counted from
 the moment its size is known (its declared length, or its bytes as they arrive) until its request
 is answered; a large body that would take the process past the cap is refused at once with 429
-and Retry-After, before it is read further or parsed. Small bodies are counted but never refused:
+and Retry-After (413 when the whole buffer could never hold it), before it is read further or
+parsed. Small bodies are counted but never refused:
 a short request must get through while large ones fill the buffer.
 """
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from tokenizers import Encoding, Tokenizer
 
-# Characters a piece holds at most before it is cut at the next split point, and pieces a
-# tokenizer call takes: one call holds at most ~64k characters' tokens (~30 MB at worst).
+# Characters a piece holds at most before it is cut at the next split point, and pieces of one
+# tokenizer call (one contiguous slice of them): at most ~64k characters' tokens (~30 MB at worst).
 PIECE_CHARS = 8192
 PIECES_PER_CALL = 8
 
@@ -81,11 +81,8 @@ def _class_body(chars: list[str]) -> str:
 def _split_pattern(cjk: bool) -> re.Pattern[str]:
     """One character class of every place a BERT pre-tokenizer always splits."""
     punctuation, spaces = _classes()
-    return re.compile(f"[{re.escape(_WHITESPACE)}{spaces}{punctuation}{_cjk_body() if cjk else ''}]")
-
-
-def _cjk_body() -> str:
-    return "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in _CJK_RANGES)
+    cjk_ranges = "".join(f"{re.escape(chr(lo))}-{re.escape(chr(hi))}" for lo, hi in _CJK_RANGES) if cjk else ""
+    return re.compile(f"[{re.escape(_WHITESPACE)}{spaces}{punctuation}{cjk_ranges}]")
 
 
 def _ascii_punctuation(char: str) -> bool:
