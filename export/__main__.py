@@ -19,10 +19,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="model repository directory to write into")
     parser.add_argument("--name", help="model name in the repository (default: derived from --model)")
     parser.add_argument("--task", default="auto", help="auto|discriminate|classify|qa|tag (default: auto)")
-    parser.add_argument("--precision", default="fp32,fp16", help="comma list of fp32,fp16,int8 (default: fp32,fp16)")
+    parser.add_argument(
+        "--precision", help="comma list of fp32,fp16,int8 (default: fp32,fp16; --demo: all three; --prune: required)"
+    )
     parser.add_argument("--max-seq-len", type=int, help="default: the model's max_position_embeddings")
     parser.add_argument("--revision", help="hub revision (branch, tag or commit) for a model id")
     parser.add_argument("--demo", action="store_true", help="write the four embedded demo models, offline")
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="keep only the --precision variants of every model already in --output (files and manifest entries)",
+    )
     evaluation = parser.add_argument_group("evaluation (classify, qa, tag)")
     evaluation.add_argument(
         "--eval-file", type=Path, help="score every variant on this labelled file and record it in the manifest"
@@ -41,6 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.prune:
+            from export.exporter import parse_precisions
+            from export.prune import prune_repository
+
+            if args.precision is None or args.model or args.demo:
+                raise ExportError("--prune takes --output and --precision only")
+            for line in prune_repository(args.output, parse_precisions(args.precision)):
+                print(line)
+            return 0
         if args.demo:
             from export.demo import write_demo_repository
 
@@ -67,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output,
             name=args.name,
             task=args.task,
-            precisions=parse_precisions(args.precision),
+            precisions=parse_precisions(args.precision or "fp32,fp16"),
             max_seq_len=args.max_seq_len,
             revision=args.revision,
             quiet=args.quiet,

@@ -16,6 +16,7 @@ from export import checkpoint as ckpt
 from export import onnx as onnx_export
 from export import optimize, parity
 from export.errors import ExportError
+from server.core.folders import open_to_umask
 from server.core.manifest import PRECISIONS, Manifest, Source, Variant
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ def export_checkpoint(
 
 
 def _publish(staging: Path, final: Path) -> None:
+    open_to_umask(staging)
     if final.exists():
         retired = final.with_name(f".{final.name}.old-{time.time_ns()}")
         final.rename(retired)

@@ -16,6 +16,7 @@ from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 
+from server.core.folders import open_to_umask
 from server.core.manifest import list_models
 
 log = logging.getLogger("electra.demo")
@@ -56,6 +57,7 @@ def ensure_demo_repository() -> Path:
         subprocess.run([sys.executable, "-m", "export", "--demo", "--quiet", "--output", str(staging)], check=True)
         if target.exists():
             shutil.rmtree(target)
+        open_to_umask(staging)
         staging.rename(target)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"generating the demo models failed (exit {exc.returncode})") from exc

@@ -30,6 +30,7 @@ from server.core.loader import RuntimeFactory
 from server.core.registry import ModelRegistry
 from server.core.service import InferenceService
 from server.settings import Settings
+from server.state_file import remove_state, write_state
 
 log = logging.getLogger("electra.runner")
 
@@ -204,6 +205,7 @@ async def run_front(
     stop_task = asyncio.create_task(stop.wait(), name="stop")
     tasks = [
         asyncio.create_task(health.follow(service, stop), name="health"),
+        *([asyncio.create_task(_publish_state(settings, http_server), name="state")] if sockets is None else []),
         asyncio.create_task(security.watch(settings.secrets_poll_secs, stop), name="secrets"),
         *(asyncio.ensure_future(b) for b in background),
     ]
@@ -228,8 +230,17 @@ async def run_front(
     await shutdown(settings.drain_timeout_s, service, health, grpc_server, http_server, http_task)
     for task in (load_task, stop_task, *tasks):
         task.cancel()
+    remove_state(settings)
     log.info("stopped")
     return exit_code
+
+
+async def _publish_state(settings: Settings, http_server: uvicorn.Server) -> None:
+    """The state file once the HTTP port listens (port 0: the one the kernel chose)."""
+    while not http_server.started:
+        await asyncio.sleep(0.05)
+    port = settings.http_port or http_server.servers[0].sockets[0].getsockname()[1]
+    write_state(settings, port, settings.grpc_port)
 
 
 async def shutdown(

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     secrets_poll_secs: float = Field(
         5.0, gt=0, description="how often the API keys and TLS files are checked for changes"
     )
+    state_file: Path | None = Field(
+        None,
+        description="once listening, write the address, TLS files and probe settings here (JSON) for "
+        "electra-serve-probe, a HEALTHCHECK that follows the flags; removed at exit",
+    )
     log_format: Literal["text", "json"] = Field("text", description="log lines for people (text) or collectors (json)")
 
     max_batch_size: int = Field(_B.max_batch_size, ge=1, description="most rows in one model run (unset on CPU: 8)")

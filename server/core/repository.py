@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from server.core.folders import unreadable
 from server.core.manifest import MANIFEST_FILE
 
 CONFIG_FILE = "config.json"
@@ -131,6 +132,9 @@ def scan(repository: Path, default_policy: VersionPolicy | None = None) -> dict[
     models: dict[str, RepositoryModel] = {}
     if not repository.is_dir():
         return models
+    problem = unreadable(repository)
+    if problem is not None:
+        raise PermissionError(problem)
     for directory in sorted(p for p in repository.iterdir() if p.is_dir() and not _is_hidden(p)):
         model = _scan_model(directory, default_policy)
         if model is not None:
@@ -140,6 +144,10 @@ def scan(repository: Path, default_policy: VersionPolicy | None = None) -> dict[
 
 def _scan_model(directory: Path, default_policy: VersionPolicy) -> RepositoryModel | None:
     model = RepositoryModel(directory.name, policy=default_policy)
+    problem = unreadable(directory)
+    if problem is not None:
+        model.problems.append(problem)
+        return model
     numbered = sorted(
         (p for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and int(p.name) > 0),
         key=lambda p: int(p.name),
@@ -157,7 +165,10 @@ def _scan_model(directory: Path, default_policy: VersionPolicy) -> RepositoryMod
     if not numbered:
         return None  # not a model (yet): an export writes elsewhere and renames in
     for path in numbered:
-        if (path / MANIFEST_FILE).is_file():
+        problem = unreadable(path)
+        if problem is not None:
+            model.problems.append(problem)
+        elif (path / MANIFEST_FILE).is_file():
             model.versions[int(path.name)] = path
     config = directory / CONFIG_FILE
     if config.is_file():

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from server.assembly import assemble
 from server.settings import Settings
+from server.state_file import remove_state, write_state
 from server.workers.owner import ModelOwner
 from server.workers.wire import INDEX_ENV, OWNER_ENV
 
@@ -153,6 +154,7 @@ async def supervise(settings: Settings, repository: Path, argv: list[str]) -> in
         "electra-serve: %d API workers on http %s:%d and grpc %s:%d, one model owner", settings.workers,
         settings.host, http_port, settings.host, grpc_port,
     )  # fmt: skip
+    write_state(settings, http_port, grpc_port)
     await stop.wait()
 
     deadline = time.monotonic() + settings.drain_timeout_s
@@ -165,6 +167,7 @@ async def supervise(settings: Settings, repository: Path, argv: list[str]) -> in
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     owner.close()
+    remove_state(settings)
     with contextlib.suppress(OSError):
         os.unlink(f"{socket_dir}/owner.sock")
         os.rmdir(socket_dir)

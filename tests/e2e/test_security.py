@@ -4,9 +4,12 @@ and certificates without a restart or a dropped connection."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -229,6 +232,7 @@ def mutual(
     handle = start_server(
         repository, log, "--tls-cert", str(server.cert), "--tls-key", str(server.key),
         "--tls-client-ca", str(pki["ca"].path),  # type: ignore[union-attr]
+        "--state-file", str(log.with_name("state.json")),
     )  # fmt: skip
     client: Issued = pki["client"]  # type: ignore[assignment]
     try:
@@ -236,6 +240,19 @@ def mutual(
         yield handle
     finally:
         assert handle.stop() == 0, handle.log()[-3000:]
+
+
+def test_the_health_probe_presents_its_client_certificate(mutual: ServerProcess, pki: dict[str, object]) -> None:
+    """electra-serve-probe under mutual TLS: the server's own certificate is not one for clients,
+    so the image's HEALTHCHECK is given one (ELECTRA_PROBE_CERT/KEY), as deploy/'s mtls component is."""
+    client: Issued = pki["client"]  # type: ignore[assignment]
+    state = str(mutual.log_path.with_name("state.json"))
+    command = [sys.executable, "-m", "server.probe", "--state-file", state]
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "127.0.0.1" in refused.stderr, refused.stderr
+    env = {**os.environ, "ELECTRA_PROBE_CERT": str(client.cert), "ELECTRA_PROBE_KEY": str(client.key)}
+    healthy = subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+    assert healthy.returncode == 0, healthy.stderr
 
 
 def test_mutual_tls_refuses_clients_without_a_trusted_certificate(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -337,3 +338,41 @@ def test_serving_path_imports_no_torch():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_exported_folders_are_readable_by_other_users(export_model):
+    """The staging folder is mkdtemp's 0700: published, it has the mode the umask gives any folder,
+    so a server running as another user (the image's uid 10001) can read what root exported."""
+    from server.core.folders import current_umask
+
+    model = export_model("classify")
+    mask = current_umask()
+    for path in [model, *model.rglob("*")]:
+        mode = path.stat().st_mode & 0o777
+        if path.is_dir():
+            assert mode == 0o777 & ~mask, f"{path}: {oct(mode)}"
+        else:
+            assert mode & 0o044 == 0o044 & ~mask, f"{path}: {oct(mode)}"
+
+
+def test_prune_keeps_only_the_variants_served(export_model, tmp_path, capsys):
+    """An image carries what it serves: --prune drops the other variants' files and manifest entries,
+    and refuses (changing nothing) when a model would be left with nothing."""
+    from export.__main__ import main
+    from server.core.manifest import Manifest
+
+    source = export_model("classify", precisions=("fp32", "int8"))
+    repository = tmp_path / "repo"
+    shutil.copytree(source, repository / "m")
+    before = sorted(p.name for p in (repository / "m").iterdir())
+
+    assert main(["--prune", "--precision", "fp16", "--output", str(repository)]) == 1
+    assert "would leave it nothing to serve" in capsys.readouterr().err
+    assert sorted(p.name for p in (repository / "m").iterdir()) == before
+
+    assert main(["--prune", "--precision", "fp32", "--output", str(repository)]) == 0
+    manifest = Manifest.read(repository / "m")
+    assert list(manifest.variants) == ["fp32"]
+    left = {p.name for p in (repository / "m").iterdir()}
+    assert {manifest.variants["fp32"].file, manifest.variants["fp32"].data_file} <= left
+    assert not any("int8" in name for name in left), left
