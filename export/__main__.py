@@ -57,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in prune_repository(args.output, parse_precisions(args.precision)):
                 print(line)
             return 0
+        if args.demo and args.precision:
+            raise ExportError("--demo writes fp32, fp16 and int8; keep fewer afterwards with --prune --precision")
         if args.demo:
             from export.demo import write_demo_repository
 

@@ -49,9 +49,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory, export_model: Callable[
     return export_model("classify", labels=["n", "p"], seed=41).parent
 
 
-def test_the_probe_follows_tls_keys_on_probes_and_a_kernel_chosen_port(
-    repository: Path, tmp_path: Path
-) -> None:
+def test_the_probe_follows_tls_keys_on_probes_and_a_kernel_chosen_port(repository: Path, tmp_path: Path) -> None:
     pki = Authority(tmp_path / "pki")
     server = pki.issue("server", server=True)
     (tmp_path / "keys.txt").write_text(f"# the first key serves the probe\n{KEY}\n")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -74,7 +75,7 @@ CONTRACT_FLAGS = (
     "drain-timeout-s",
 )
 # Server flags beyond the contract that the deployments tune; checked against `electra-serve --help`.
-EXTRA_FLAGS = ("intra-op-threads",)
+EXTRA_FLAGS = ("intra-op-threads", "state-file")
 # CONTRACT.md §6: the flags the open issues add (security, model lifecycle, front end), the names
 # fixed by the contract. deploy/ sets some of them already (TLS, API keys, poll mode); each is
 # checked against `electra-serve --help` on its own (test_cli_knows_the_contract_s6_flags), which
@@ -426,18 +427,28 @@ def test_pod_runs_non_root_with_a_read_only_root(base_docs: list[Any]) -> None:
     assert models and models[0].get("readOnly") is True
 
 
-def test_model_repository_is_filled_by_the_export_image(base_docs: list[Any]) -> None:
+def test_model_repository_is_copied_from_the_server_image_or_kept(base_docs: list[Any], tmp_path: Path) -> None:
+    """The initContainer copies the image's own /models into the volume the server reads, or keeps
+    what the volume holds; it never regenerates models (the image ships them). Its script runs here."""
     spec = one(base_docs, "Deployment", "electra-serve")["spec"]["template"]["spec"]
     (init,) = spec["initContainers"]
-    assert init["image"] == "electra-serve-export"
-    assert init["args"][:1] == ["--demo"] and "--output" in init["args"]
-    output = init["args"][init["args"].index("--output") + 1]
-    mount = next(m for m in init["volumeMounts"] if m["mountPath"] == output)
+    server = pod_server_container(spec)
+    assert init["image"] == server["image"] == "electra-serve"
+    (mount,) = [m for m in init["volumeMounts"] if m["mountPath"] == "/repository"]
     config = read_env_file(BASE / "config.env")
-    served = next(
-        m for m in pod_server_container(spec)["volumeMounts"] if m["mountPath"] == config["ELECTRA_MODEL_REPOSITORY"]
-    )
+    served = next(m for m in server["volumeMounts"] if m["mountPath"] == config["ELECTRA_MODEL_REPOSITORY"])
     assert mount["name"] == served["name"], "the initContainer must write the volume the server reads"
+
+    image_models, volume = tmp_path / "models", tmp_path / "repository"
+    (image_models / "demo-classify").mkdir(parents=True)
+    (image_models / "demo-classify" / "manifest.json").write_text("{}")
+    volume.mkdir()
+    script = init["args"][0].replace("/repository", str(volume)).replace("/models", str(image_models))
+    first = subprocess.run([*init["command"], script], capture_output=True, text=True, check=True)
+    assert "copied" in first.stdout and (volume / "demo-classify" / "manifest.json").exists()
+    (image_models / "demo-classify" / "manifest.json").write_text('{"changed": true}')
+    again = subprocess.run([*init["command"], script], capture_output=True, text=True, check=True)
+    assert "kept" in again.stdout and (volume / "demo-classify" / "manifest.json").read_text() == "{}"
 
 
 def test_hpa_and_pdb_target_the_deployment(base_docs: list[Any]) -> None:
@@ -1445,26 +1456,24 @@ def test_server_stages_run_electra_serve_as_non_root(
     env = stage.env()
     assert env["ELECTRA_HOST"] == "0.0.0.0"
     assert env["ELECTRA_MODEL_REPOSITORY"] == "/models"
-    assert any(c.args.startswith("--from=export /models") for c in stage.all("COPY"))
+    # Each server copies the demo models pruned to what it serves.
+    assert any(c.args.startswith(f"--from=models-{target} /models") for c in stage.all("COPY"))
+    assert env["ELECTRA_STATE_FILE"].startswith("/tmp/"), "the probe's file lives on the writable /tmp"
     (entrypoint,) = stage.all("ENTRYPOINT")
     assert json_form(entrypoint) == ["electra-serve"]
     (health,) = stage.all("HEALTHCHECK")
-    command = health.args.split(" CMD ", 1)[1]
-    check = json.loads(command)
-    assert check[:2] == ["python", "-c"], "healthcheck uses python, no curl in the image"
-    assert "/health/ready" in check[2] and "urllib" in check[2]
-    compile(check[2], "<healthcheck>", "exec")
+    assert json.loads(health.args.split(" CMD ", 1)[1]) == ["electra-serve-probe"]
 
 
-def test_healthcheck_fails_when_nothing_listens(dockerfile: tuple[dict[str, str], dict[str, Stage]]) -> None:
-    _, stages = dockerfile
-    (health,) = stages["cpu"].all("HEALTHCHECK")
-    code = json.loads(health.args.split(" CMD ", 1)[1])[2]
-    # Port 1 on loopback: nothing listens there, so the check must exit non-zero.
-    result = subprocess.run(
-        [sys.executable, "-c", code], env={"ELECTRA_HTTP_PORT": "1"}, capture_output=True, timeout=30
-    )
-    assert result.returncode != 0
+def test_healthcheck_fails_when_nothing_listens(tmp_path: Path) -> None:
+    """The HEALTHCHECK's probe, pointed at a state file whose server is gone or never listened."""
+    state = tmp_path / "state.json"
+    command = [sys.executable, "-m", "server.probe", "--state-file", str(state)]
+    missing = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert missing.returncode == 1 and "no state file" in missing.stderr
+    state.write_text(json.dumps({"pid": os.getpid(), "http": "http://127.0.0.1:1"}))  # nothing listens on 1
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert refused.returncode == 1 and "127.0.0.1:1" in refused.stderr
 
 
 def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
@@ -1633,7 +1642,7 @@ def test_gpu_overlay_renders() -> None:
     assert r["pod"]["tolerations"] and r["pod"]["nodeSelector"]
     # the patch merges into the base container instead of replacing its probes and mounts
     assert r["container"]["readinessProbe"]["httpGet"]["path"] == "/health/ready"
-    assert r["pod"]["initContainers"][0]["image"].startswith("electra-serve-export:")
+    assert r["pod"]["initContainers"][0]["image"] == r["container"]["image"]
 
 
 def kustomize_with(tmp_path: Path, overlay: str, components: list[Path]) -> list[dict[str, Any]]:
