@@ -66,11 +66,13 @@ def test_the_probe_follows_tls_keys_on_probes_and_a_kernel_chosen_port(repositor
         port = int(state["http"].rsplit(":", 1)[1])
         assert state["http"].startswith("https://127.0.0.1:") and port not in (0, handle.http_port)
         assert run_probe(state_file, "/health/live").returncode == 0
-        # Without the key the same request is refused: the probe really presented it.
-        (tmp_path / "keys.txt").write_text("another-key-entirely\n")
-        time.sleep(0.1)
-        refused = run_probe(state_file)
-        assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused.stderr
+        # The same probe with a wrong key, or none, is refused: it really presented the file's key.
+        (tmp_path / "wrong-keys.txt").write_text("another-key-entirely\n")
+        for keys in (str(tmp_path / "wrong-keys.txt"), None):
+            altered = tmp_path / "altered-state.json"
+            altered.write_text(json.dumps({**state, "probe_api_keys_file": keys}))
+            refused = run_probe(altered)
+            assert refused.returncode == 1 and "HTTP 401" in refused.stderr, refused.stderr
     finally:
         assert handle.stop() == 0, handle.log()[-3000:]
     assert not state_file.exists()
