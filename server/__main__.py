@@ -24,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     from server.logs import configure
 
     configure(settings.log_level, settings.log_format)
+    from server.ports import PortInUse, check_ports_free
+
+    try:
+        check_ports_free(settings.host, settings.http_port, settings.grpc_port)
+    except PortInUse as exc:
+        print(f"electra-serve: error: {exc}", file=sys.stderr)
+        return 1
     repository = settings.model_repository
     if repository is None:
         from server.demo_repository import ensure_demo_repository

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server.api import hf, rest, v2_http
@@ -24,7 +25,7 @@ def build_app(
     exposition: Callable[[], tuple[bytes, str]],
     control: RepositoryControl | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = FastAPIOffline(
         # A trailing slash is a 404 in the error shape, not a redirect a client may not follow.
         redirect_slashes=False,
         title="electra-serve",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import signal
 import socket
@@ -197,8 +198,16 @@ async def run_front(
 ) -> int:
     """REST and gRPC over one service until `stop`; 1 when start-up failed or the HTTP server did."""
     http_server = build_http_server(settings, service, exposition, control, security)
-    grpc_server, health = build_grpc_server(settings, service, control, security, reuse_port=http_socket is not None)
-    await grpc_server.start()
+    try:
+        grpc_server, health = build_grpc_server(
+            settings, service, control, security, reuse_port=http_socket is not None
+        )
+        await grpc_server.start()
+    except RuntimeError as exc:  # grpc's "Failed to bind": the port was taken after the start's check
+        if inspect.iscoroutine(startup):
+            startup.close()
+        log.error("cannot serve gRPC on %s:%s: %s", settings.host, settings.grpc_port, exc)
+        return 1
     sockets = [http_socket] if http_socket is not None else None
     http_task = asyncio.create_task(http_server.serve(sockets=sockets), name="http")
     load_task = asyncio.ensure_future(startup)

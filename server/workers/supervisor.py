@@ -16,13 +16,13 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from server.assembly import assemble
+from server.ports import PortInUse, check_ports_free, free_port
 from server.settings import Settings
 from server.state_file import remove_state, write_state
 from server.workers.owner import ModelOwner
@@ -30,22 +30,6 @@ from server.workers.wire import INDEX_ENV, OWNER_ENV
 
 log = logging.getLogger("electra.supervisor")
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
-
-
-def check_port_free(host: str, port: int, what: str) -> None:
-    """The workers bind with SO_REUSEPORT, which would let them join another server on the port
-    without a word: a plain bind tells whether anything holds it."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            raise OSError(f"the {what} port {host}:{port} is in use ({exc.strerror})") from exc
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class Workers:
@@ -114,9 +98,8 @@ async def supervise(settings: Settings, repository: Path, argv: list[str]) -> in
     http_port = settings.http_port or free_port(settings.host)
     grpc_port = settings.grpc_port or free_port(settings.host)
     try:
-        check_port_free(settings.host, http_port, "HTTP")
-        check_port_free(settings.host, grpc_port, "gRPC")
-    except OSError as exc:
+        check_ports_free(settings.host, http_port, grpc_port)
+    except PortInUse as exc:
         log.error("%s", exc)
         return 1
     worker_argv = [*argv, "--model-repository", str(repository), "--http-port", str(http_port),

@@ -381,3 +381,18 @@ def test_the_readmes_curl_examples_work_as_written(served_repository: Path, tmp_
             assert json.loads(body), line
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_need_no_internet(server: ServerProcess, page: str) -> None:
+    """Swagger UI and ReDoc come from the package: clusters without internet get working pages."""
+    import re
+
+    html = httpx.get(f"{server.url}{page}", timeout=10)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    references = re.findall(r"""(?:src|href|url)\s*[=:]\s*['"]([^'"]+)['"]""", html.text)
+    assert references, html.text
+    outside = [ref for ref in references if re.match(r"(https?:)?//", ref)]
+    assert not outside, outside
+    for ref in references:
+        assert httpx.get(f"{server.url}{ref}", timeout=10).status_code == 200, ref
