@@ -419,3 +419,21 @@ def test_requests_are_counted_with_protocol_v2(
     while metric(server, "electra_requests_total", code="200", **ok) < before + 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert metric(server, "electra_requests_total", code="200", **ok) == before + 2
+
+
+def test_the_readmes_tritonclient_example_runs_as_written(server: ServerProcess) -> None:
+    """The README's KServe snippet, verbatim but for the port, in a process of its own (as a user's
+    client would be: it imports tritonclient and not the server's stubs)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## KServe v2 and tritonclient", 1)[1].split("\n## ", 1)[0]
+    (snippet,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert "localhost:8001" in snippet
+    code = snippet.replace("localhost:8001", server.grpc_target)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert '"label":"POSITIVE"' in done.stdout and '"label":"NEGATIVE"' in done.stdout, done.stdout

@@ -15,13 +15,27 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2
 
-from proto.generate import PROTOS, ROOT, generate, generated_files
+from proto.generate import GRPC_TOOLS_VERSION, PROTOS, ROOT, generated_files
 
 
 @pytest.fixture(scope="module")
-def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def protoc_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An interpreter with exactly the grpcio-tools that generated the stubs, in an environment of its
+    own: its protobuf need not be one the server's environment accepts (tritonclient's is < 7)."""
+    venv = tmp_path_factory.mktemp("protoc-venv")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", f"grpcio-tools=={GRPC_TOOLS_VERSION}"],
+        check=True, timeout=600, capture_output=True,
+    )  # fmt: skip
+    return python
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory: pytest.TempPathFactory, protoc_python: Path) -> Path:
     out = tmp_path_factory.mktemp("stubs")
-    generate(out)
+    subprocess.run([str(protoc_python), "-m", "proto.generate", str(out)], cwd=ROOT, check=True, timeout=120)
     return out
 
 
@@ -30,6 +44,26 @@ def test_committed_stubs_match_a_fresh_generation(regenerated: Path) -> None:
     assert fresh == sorted(generated_files())
     stale = [name for name in fresh if (ROOT / name).read_bytes() != (regenerated / name).read_bytes()]
     assert not stale, f"stale generated stubs (run `python -m proto.generate`): {stale}"
+
+
+@pytest.mark.parametrize("runtime", ["protobuf>=6.33.5,<7", "protobuf>=7,<8"])
+def test_the_stubs_load_on_both_protobuf_majors_the_server_allows(
+    runtime: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """6 is what the current tritonclient forces, 7 what pip takes for the server alone."""
+    venv = tmp_path_factory.mktemp("runtime")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = str(venv / "bin" / "python")
+    install = [python, "-m", "pip", "install", "-q", runtime, "grpcio>=1.81.1"]
+    subprocess.run(install, check=True, timeout=600, capture_output=True)
+    code = (
+        "import google.protobuf as p; from proto.electra.v1 import electra_pb2, electra_pb2_grpc; "
+        "from proto.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2; "
+        "print(p.__version__)"
+    )
+    done = subprocess.run([python, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith(runtime[len("protobuf>=")])
 
 
 def test_stubs_import_as_package_proto() -> None:
@@ -49,13 +83,16 @@ def test_stubs_import_as_package_proto() -> None:
     ]
 
 
-def _descriptor_set(tmp_path: Path) -> dict[str, descriptor_pb2.FileDescriptorProto]:
-    from grpc_tools import protoc
-
+def _descriptor_set(protoc_python: Path, tmp_path: Path) -> dict[str, descriptor_pb2.FileDescriptorProto]:
     out = tmp_path / "set.pb"
-    include = str(Path(protoc.__file__).parent / "_proto")
     files = [str(ROOT / proto) for proto, _ in PROTOS]
-    assert protoc.main(["protoc", "-I", str(ROOT), "-I", include, f"--descriptor_set_out={out}", *files]) == 0
+    code = (
+        "import sys, pathlib; from grpc_tools import protoc; "
+        "include = str(pathlib.Path(protoc.__file__).parent / '_proto'); "
+        "sys.exit(protoc.main(['protoc', '-I', sys.argv[1], '-I', include, *sys.argv[2:]]))"
+    )
+    command = [str(protoc_python), "-c", code, str(ROOT), f"--descriptor_set_out={out}", *files]
+    subprocess.run(command, check=True, timeout=120)
     parsed = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     return {f.name: f for f in parsed.file}
 
@@ -79,10 +116,10 @@ def _wire(field: descriptor_pb2.FieldDescriptorProto) -> tuple[object, ...]:
     return field.name, field.number, field.type, field.label, field.type_name
 
 
-def test_kserve_protos_are_wire_compatible_with_triton(tmp_path: Path) -> None:
+def test_kserve_protos_are_wire_compatible_with_triton(protoc_python: Path, tmp_path: Path) -> None:
     from tritonclient.grpc import model_config_pb2, service_pb2
 
-    ours = _descriptor_set(tmp_path)
+    ours = _descriptor_set(protoc_python, tmp_path)
     theirs: dict[str, descriptor_pb2.DescriptorProto] = {}
     for module in (service_pb2, model_config_pb2):
         proto = descriptor_pb2.FileDescriptorProto()
@@ -120,8 +157,8 @@ def test_kserve_protos_are_wire_compatible_with_triton(tmp_path: Path) -> None:
     }  # fmt: skip
 
 
-def test_typed_api_is_documented_and_versioned(tmp_path: Path) -> None:
-    electra = _descriptor_set(tmp_path)["proto/electra/v1/electra.proto"]
+def test_typed_api_is_documented_and_versioned(protoc_python: Path, tmp_path: Path) -> None:
+    electra = _descriptor_set(protoc_python, tmp_path)["proto/electra/v1/electra.proto"]
     assert electra.package == "electra.v1"
     (service,) = electra.service
     methods = {m.name: m for m in service.method}

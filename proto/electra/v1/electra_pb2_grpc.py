@@ -5,7 +5,7 @@ import warnings
 
 from proto.electra.v1 import electra_pb2 as proto_dot_electra_dot_v1_dot_electra__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
