@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,22 +35,73 @@ class Checkpoint:
         return int(self.config.max_position_embeddings)
 
 
-def resolve(model: str, task: str = "auto", revision: str | None = None) -> Checkpoint:
-    from transformers import AutoConfig
+def _hub_unreachable() -> str | None:
+    """Why the hub cannot be reached (a 3 s connect), or None. Without this check an offline machine
+    spends ~30 s in huggingface_hub's retries, printing them, before a truncated error."""
+    import socket
+    from urllib.parse import urlparse
 
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, endpoint.port or 443), timeout=3).close()
+    except OSError as exc:
+        return f"{host}: {exc.strerror or exc}"
+    return None
+
+
+def _go_offline() -> None:
+    """Use the local cache only from here on (transformers asks huggingface_hub's constant)."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+
+
+def locate(model: str, revision: str | None = None) -> str:
+    """What from_pretrained receives for `model`: a checkpoint directory, or a hub id that is either
+    reachable or in the local cache. Fails in seconds, with one line, when it is neither."""
     path = Path(model).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ExportError(f"{model}: not a Hugging Face checkpoint directory (no config.json)")
-        location = str(path.resolve())
-    elif model.startswith((".", "/", "~")) or not HUB_ID.match(model):
+        return str(path.resolve())
+    if model.startswith((".", "/", "~")) or not HUB_ID.match(model):
         raise ExportError(f"{model}: no such directory")
-    else:
-        location = model  # a hub id: from_pretrained downloads it (needs network access to the hub)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str)
+    if constants.HF_HUB_OFFLINE:
+        if not cached:
+            raise ExportError(
+                f"{model}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set: "
+                "pass a checkpoint directory, or download the model where the hub is reachable"
+            )
+        return model
+    problem = _hub_unreachable()
+    if problem is not None:
+        if not cached:
+            raise ExportError(
+                f"{model}: the Hugging Face hub cannot be reached ({problem}) and the model is not in the "
+                "local cache: pass a checkpoint directory (a local path), or download it where the hub is "
+                "reachable and set HF_HUB_OFFLINE=1 here"
+            )
+        _go_offline()
+    return model
+
+
+def load_config(model: str, location: str, revision: str | None = None) -> Any:
+    from transformers import AutoConfig
+
     try:
-        config = AutoConfig.from_pretrained(location, revision=revision)
+        return AutoConfig.from_pretrained(location, revision=revision)
     except Exception as exc:  # transformers raises OSError/ValueError/EnvironmentError variants
         raise ExportError(f"{model}: cannot load its config ({exc.__class__.__name__}: {exc})".splitlines()[0]) from exc
+
+
+def resolve(model: str, task: str = "auto", revision: str | None = None) -> Checkpoint:
+    location = locate(model, revision)
+    config = load_config(model, location, revision)
     if config.model_type != "electra":
         raise ExportError(
             f"{model}: model_type '{config.model_type}' is not ELECTRA; only ELECTRA checkpoints are supported"

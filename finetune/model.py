@@ -3,7 +3,6 @@ Flax weights), its tokenizer, and the model with the task's head and label set."
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from export import checkpoint as ckpt
@@ -19,21 +18,8 @@ ARCHITECTURES = {
 
 def base_checkpoint(model: str, task: str, revision: str | None = None) -> ckpt.Checkpoint:
     """The checkpoint to start from, checked to be an ELECTRA discriminator (not a generator)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise ExportError(f"{model}: not a Hugging Face checkpoint directory (no config.json)")
-        location = str(path.resolve())
-    elif model.startswith((".", "/", "~")) or not ckpt.HUB_ID.match(model):
-        raise ExportError(f"{model}: no such directory")
-    else:
-        location = model
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(location, revision=revision)
-    except Exception as exc:
-        raise ExportError(f"{model}: cannot load its config ({exc.__class__.__name__}: {exc})".splitlines()[0]) from exc
+    location = ckpt.locate(model, revision)
+    config = ckpt.load_config(model, location, revision)
     if config.model_type != "electra":
         raise ExportError(f"{model}: model_type '{config.model_type}' is not ELECTRA; start from an ELECTRA checkpoint")
     if "ElectraForMaskedLM" in (config.architectures or []):

@@ -197,6 +197,10 @@ def finetune(args: FinetuneArgs) -> FinetuneResult:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # "You should probably TRAIN this model..." about the new head
+    # The data first: a missing file is the first thing to say, before any model is looked for.
+    for flag, file in (("--train-file", args.train_file), ("--validation-file", args.validation_file)):
+        if file is not None and not Path(file).is_file():
+            raise DataError(f"{flag} {file}: no such file")
     base = base_checkpoint(args.model, args.task, args.revision)
     prepared = _prepare(args, load_tokenizer(base), base.max_position_embeddings, base_label_names(base))
     train_count, validation_count = prepared.counts

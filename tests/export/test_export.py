@@ -376,3 +376,28 @@ def test_prune_keeps_only_the_variants_served(export_model, tmp_path, capsys):
     left = {p.name for p in (repository / "m").iterdir()}
     assert {manifest.variants["fp32"].file, manifest.variants["fp32"].data_file} <= left
     assert not any("int8" in name for name in left), left
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"HF_ENDPOINT": "http://127.0.0.1:1"},
+            "the Hugging Face hub cannot be reached (127.0.0.1: Connection refused)",
+        ),
+        ({"HF_HUB_OFFLINE": "1"}, "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),
+    ],
+)
+def test_a_hub_id_without_the_hub_fails_in_seconds_with_one_line(env, message, tmp_path):
+    """No 30 s of huggingface_hub retries: a model id that can be neither downloaded nor found in the
+    cache is one line naming the way out (a local directory, HF_HUB_OFFLINE)."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "export", "--model", "electra-serve-tests/not-a-real-model", "--output", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HOME": str(tmp_path / "hf"), **env},
+    )  # fmt: skip
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert time.monotonic() - started < 20

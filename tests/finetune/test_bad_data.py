@@ -154,3 +154,47 @@ def test_eval_of_a_model_of_another_task_exits_2(export_model, tmp_path, capsys)
     data = _write(tmp_path / "eval.csv", "text,label\nx,O\n")
     assert eval_main(["--task", "classify", "--data", str(data), "--model-dir", str(model_dir)]) == 2
     assert "the model serves tag, not classify" in capsys.readouterr().err
+
+
+def test_a_missing_data_file_is_said_before_the_model_is_looked_for(tmp_path):
+    """A hub id that cannot be reached would take its own error first; the data file comes first."""
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune", "--task", "classify", "--model", "electra-serve-tests/not-a-real-model",
+         "--train-file", str(tmp_path / "train.tsv"), "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "HF_ENDPOINT": "http://127.0.0.1:1"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"electra-finetune: error: --train-file {tmp_path / 'train.tsv'}: no such file"
+
+
+def test_the_readmes_fine_tuning_walk_through_runs_as_written(tmp_path):
+    """README's "Fine-tune, export, serve, evaluate" block, verbatim but for the port, from an empty
+    folder: the shipped example, the fine-tuning (it must learn), the export gate, the server, the
+    evaluation against it."""
+    import re
+
+    from tests.e2e.conftest import ROOT, free_port
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Fine-tune, export, serve, evaluate", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None
+    http_port = free_port()
+    script = block.group(1).replace("localhost:8000", f"127.0.0.1:{http_port}").replace(":8000", f":{http_port}")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(ROOT),
+        "ELECTRA_HTTP_PORT": str(http_port),
+        "ELECTRA_GRPC_PORT": str(free_port()),
+    }
+    # Not part of the block: whatever happens, the server it started in the background goes.
+    script = "trap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + script
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, (done.stdout[-3000:], done.stderr[-3000:])
+    assert "validation accuracy: 100.00" in done.stdout, done.stdout[-2000:]
+    scores = json.loads((tmp_path / "eval.json").read_text())["variants"]
+    assert {"pytorch", "fp32", "fp16", "int8", "server"} <= set(scores)
+    assert scores["server"]["accuracy"] == scores["pytorch"]["accuracy"] >= 95, scores
