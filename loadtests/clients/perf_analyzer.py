@@ -1,7 +1,7 @@
 """KServe v2 load with Triton's perf_analyzer (compiled C++), over HTTP (`/v2`) or gRPC
 (`inference.GRPCInferenceService`), closed loop at a fixed concurrency.
 
-perf_analyzer is not packaged for Debian 12; ../shared/tools/perf_analyzer/setup.sh (or
+perf_analyzer is not packaged for Debian 12; `tools/perf-analyzer.sh --install` (or
 `PERF_ANALYZER=/path/to/perf_analyzer`) makes it runnable. `find()` says how to get it when missing.
 """
 
@@ -21,11 +21,10 @@ from loadtests.clients import LoadResult
 from loadtests.clients.wrk import children_cpu_s
 from loadtests.stats import LatencySummary
 
-SHARED_TOOLS = Path(__file__).resolve().parents[3] / "shared" / "tools" / "perf_analyzer"
+WRAPPER = Path(__file__).resolve().parents[2] / "tools" / "perf-analyzer.sh"
 INSTALL_HINT = (
-    "perf_analyzer is not set up: run ../shared/tools/perf_analyzer/setup.sh (needs the package "
-    "registries, about a minute), or set PERF_ANALYZER to a perf_analyzer binary; the bench's "
-    "--setup-tools does it for you"
+    "perf_analyzer is not set up: run tools/perf-analyzer.sh --install (needs the package registries, "
+    "about a minute), or set PERF_ANALYZER to a perf_analyzer binary; the bench's --setup-tools does it for you"
 )
 
 
@@ -34,20 +33,15 @@ def find() -> list[str] | None:
     explicit = os.environ.get("PERF_ANALYZER")
     if explicit:
         return [explicit]
-    runner = SHARED_TOOLS / "run.sh"
-    pa_dir = Path(os.environ.get("PA_DIR", "/tmp/perf-analyzer"))
-    if runner.exists() and (pa_dir / "perf_analyzer" / "bin" / "perf_analyzer").exists():
-        return ["bash", str(runner)]
+    if subprocess.run(["bash", str(WRAPPER), "--installed"], check=False).returncode == 0:
+        return ["bash", str(WRAPPER)]
     on_path = shutil.which("perf_analyzer")
     return [on_path] if on_path else None
 
 
 def setup() -> bool:
-    """Run the shared setup script (idempotent). True when perf_analyzer runs afterwards."""
-    script = SHARED_TOOLS / "setup.sh"
-    if not script.exists():
-        return False
-    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    """Install perf_analyzer with the project's wrapper (idempotent). True when it runs afterwards."""
+    done = subprocess.run(["bash", str(WRAPPER), "--install"], capture_output=True, text=True, timeout=600)
     return done.returncode == 0 and find() is not None
 
 

@@ -2,9 +2,9 @@
 a short bounded measurement must finish with zero errors (perf_analyzer also stops when metadata,
 config or statistics fail).
 
-perf_analyzer comes from `../shared/tools/perf_analyzer` next to the repository (setup.sh
-downloads it and a newer glibc into /tmp, nothing system-wide; it needs the package registries).
-A failed setup fails the test: it is not skipped.
+perf_analyzer comes from `tools/perf-analyzer.sh --install` (it downloads the client and, where the
+system's glibc is too old, a newer one into a cache folder, nothing system-wide; it needs the package
+registries). A failed setup fails the test: it is not skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import ROOT, ServerProcess
 
-TOOLS = ROOT.parent / "shared" / "tools" / "perf_analyzer"
+WRAPPER = ROOT / "tools" / "perf-analyzer.sh"
 DATA = ROOT / "loadtests" / "perf_analyzer"
 BOUNDED = ["--concurrency-range", "2", "--measurement-interval", "1000", "--stability-percentage", "999"]
 BOUNDED += ["--max-trials", "3"]
@@ -27,11 +27,9 @@ BOUNDED += ["--max-trials", "3"]
 
 @pytest.fixture(scope="module")
 def perf_analyzer() -> Path:
-    setup = TOOLS / "setup.sh"
-    assert setup.is_file(), f"perf_analyzer tools not found at {TOOLS} (the shared/ folder beside the repository)"
-    done = subprocess.run([str(setup)], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(["bash", str(WRAPPER), "--install"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"perf_analyzer setup failed (it needs PyPI and Debian):\n{done.stderr[-3000:]}"
-    return TOOLS / "run.sh"
+    return WRAPPER
 
 
 def failed_v2_requests(server: ServerProcess) -> float:
