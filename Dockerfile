@@ -47,7 +47,7 @@ COPY evaluation ./evaluation
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------------
-# export: torch + transformers + optimum, for `electra-export`. Also the k8s initContainer image.
+# export: torch + transformers + optimum, for `electra-export` (the model-pvc component's Job runs it).
 FROM ${PYTHON_IMAGE} AS export
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
