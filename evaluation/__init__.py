@@ -1,0 +1,1 @@
+"""electra-eval: task metrics, PyTorch / offline ONNX / served backends, the deployment gate."""

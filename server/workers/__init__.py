@@ -1,0 +1,1 @@
+"""--workers N: one model owner process and N API processes (docs/ARCHITECTURE.md)."""
