@@ -36,6 +36,7 @@ def generated_files() -> list[str]:
     for proto, has_services in PROTOS:
         stem = proto.removesuffix(".proto")
         files.append(f"{stem}_pb2.py")
+        files.append(f"{stem}_pb2.pyi")  # the messages' types, for mypy
         if has_services:
             files.append(f"{stem}_pb2_grpc.py")
     return files
@@ -52,7 +53,7 @@ def generate(out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     include = str(Path(protoc.__file__).parent / "_proto")  # the well-known types
     for proto, has_services in PROTOS:
-        args = ["grpc_tools.protoc", "-I", str(ROOT), "-I", include, f"--python_out={out_dir}"]
+        args = ["grpc_tools.protoc", "-I", str(ROOT), "-I", include, f"--python_out={out_dir}", f"--pyi_out={out_dir}"]
         if has_services:
             args.append(f"--grpc_python_out={out_dir}")
         # protoc resolves the file against -I ROOT, so its name (and imports) stay root-relative.

@@ -76,7 +76,7 @@ def _supervise(settings: Settings, repository: Path, argv: list[str]) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _loop_factory():  # type: ignore[no-untyped-def]
+def _loop_factory():
     try:
         import uvloop
 

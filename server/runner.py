@@ -40,7 +40,7 @@ class _UvicornServer(uvicorn.Server):
     """uvicorn without its own signal handling: the runner owns shutdown (drain first)."""
 
     @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
+    def capture_signals(self):
         yield
 
 
@@ -129,7 +129,9 @@ def build_grpc_server(
     settings: Settings, service: InferenceService, control: RepositoryControl, security: Security,
     reuse_port: bool = False,
 ) -> tuple[grpc.aio.Server, HealthReporter]:  # fmt: skip
-    interceptors = [GrpcAuth(security.keys, security.protect_probes)] if security.keys is not None else []
+    interceptors: list[grpc.aio.ServerInterceptor] = (
+        [GrpcAuth(security.keys, security.protect_probes)] if security.keys is not None else []
+    )
     server, health = create_grpc_server(
         service,
         max_receive_bytes=settings.max_request_bytes,

@@ -231,7 +231,7 @@ class Settings(BaseSettings):
             max_request_rows=self.max_request_rows or None,
             max_inflight_batches=self.max_inflight_batches or _B.max_inflight_batches,
         )
-        overrides = {
+        overrides: set[str] = {
             name
             for name in ("max_batch_size", "max_batch_tokens", "max_batch_attention", "max_padding_ratio")
             if name in given and getattr(self, name) is not None

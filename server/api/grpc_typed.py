@@ -185,8 +185,11 @@ class ElectraServicer:
                 spec = BY_FIELD[which]
                 call.task = spec.task
                 response, result = await self.run(spec, getattr(message, which), call)
-                return pb.StreamResponse(
-                    id=request_id, status=pb.Status(code=0), timings=_timings(result), **{which: response}
+                return pb.StreamResponse(  # the oneof's field is chosen at run time, which the stub cannot follow
+                    id=request_id,
+                    status=pb.Status(code=0),
+                    timings=_timings(result),
+                    **{which: response},  # type: ignore[arg-type]
                 )
         except ServeError as failure:
             code = status_code(failure.kind).value[0]

@@ -177,7 +177,7 @@ class ModelDescription(BaseModel):
     source: Source
     evaluation: dict[str, Any] | None
     ready: bool
-    versions: list[str] = Field(None, description="every version loaded")  # type: ignore[assignment]
+    versions: list[str] = Field(None, description="every version loaded")  # type: ignore[arg-type]
 
 
 class ModelList(BaseModel):
@@ -280,9 +280,10 @@ class OutputTensor(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[Any] = Field(None, description="JSON tensor data (row-major)")  # type: ignore[assignment]
-    parameters: dict[str, Any] = Field(  # type: ignore[assignment]
-        None, description="binary_data_size: the tensor's bytes follow the JSON header"
+    data: list[Any] = Field(None, description="JSON tensor data (row-major)")  # type: ignore[arg-type]
+    parameters: dict[str, Any] = Field(
+        None,  # type: ignore[arg-type]
+        description="binary_data_size: the tensor's bytes follow the JSON header",
     )
 
 

@@ -77,7 +77,9 @@ class Tls:
             return None
 
         return grpc.dynamic_ssl_server_credentials(
-            self._grpc_config, fetch, require_client_authentication=self.files.client_ca is not None
+            self._grpc_config,
+            fetch,  # type: ignore[arg-type]  # grpc takes None (keep the pair); its stub says otherwise
+            require_client_authentication=self.files.client_ca is not None,
         )
 
     def reload(self, force: bool = False) -> bool:

@@ -54,6 +54,7 @@ def input_tensors(request: pb.ModelInferRequest, max_rows: int | None = None) ->
             if datatype in t.DTYPES:
                 raise t.bad(f"input '{name}': {datatype} data must be sent in raw_input_contents")
             t.from_elements(name, datatype, shape, [])  # raises the unknown-datatype error
+            continue
         t.element_count(shape, name, max_rows)  # the declared size first, before the elements are copied
         tensors.append(t.from_elements(name, datatype, shape, list(getattr(tensor.contents, field)), max_rows))
     return tensors

@@ -265,7 +265,7 @@ def task_items(task: str, batch: Batch) -> list[Any]:
     """The batch's rows as the task's typed items (the same checks as every other protocol's)."""
     c = batch.columns
     if task == "classify":
-        pairs = c.get("TEXT_PAIR") or [None] * batch.rows
+        pairs: list[Any] = c.get("TEXT_PAIR") or [None] * batch.rows
         return [
             classify.item(text, pair, f"row {i}") for i, (text, pair) in enumerate(zip(c["TEXT"], pairs, strict=True))
         ]

@@ -7,7 +7,7 @@ Every default lives here once; the flags' own defaults point at these.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Any, Literal
 
 Device = Literal["cpu", "cuda"]
 DeviceChoice = Literal["auto", "cpu", "cuda"]
@@ -104,7 +104,7 @@ class CoreConfig:
         """The batcher's limits on `device`: what the user set, else the device's default."""
         if device != "cpu":
             return self.batch
-        defaults = {k: v for k, v in CPU_BATCH_DEFAULTS.items() if k not in self.batch_overrides}
+        defaults: dict[str, Any] = {k: v for k, v in CPU_BATCH_DEFAULTS.items() if k not in self.batch_overrides}
         return replace(self.batch, **defaults)
 
 

@@ -56,4 +56,4 @@ def select_precision(precision: str, device: Device, manifest: Manifest) -> Prec
         )
     if precision == "fp16" and device == "cpu":
         log.warning("model %s: fp16 on CPU runs mostly through casts and is usually slower than fp32", manifest.name)
-    return precision  # type: ignore[return-value]
+    return precision

@@ -35,8 +35,13 @@ log = logging.getLogger("electra.loader")
 class ModelRuntime(Protocol):
     """What the batcher and the server need of a loaded model variant."""
 
-    device: str
-    precision: str
+    # Read-only here: an implementation may narrow them (onnxruntime's are Device and Precision).
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def precision(self) -> str: ...
+
     sequence_outputs: tuple[str, ...]
 
     @property

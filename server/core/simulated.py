@@ -75,7 +75,7 @@ class SimulatedRuntime:
         self.closed = True
 
 
-def simulated_factory(cost: CostModel):  # type: ignore[no-untyped-def]
+def simulated_factory(cost: CostModel):
     """A runtime factory for the loader: no graph is loaded, the manifest says what to answer."""
 
     def make(path: Path, manifest: Manifest, device: str, precision: str, options: RuntimeOptions) -> SimulatedRuntime:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -30,7 +30,7 @@ class LoopSocket:
         socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
         self._on_message = on_message
         self._loop = asyncio.get_running_loop()
-        self._fd = socket.getsockopt(zmq.FD)
+        self._fd = cast(int, socket.getsockopt(zmq.FD))
         self._backlog: deque[list[Any]] = deque()
         self._check_scheduled = False
         self._closed = False
@@ -62,7 +62,7 @@ class LoopSocket:
             return
         socket = self.socket
         while True:
-            events = socket.getsockopt(zmq.EVENTS)
+            events = cast(int, socket.getsockopt(zmq.EVENTS))
             progressed = False
             if events & zmq.POLLOUT and self._backlog:
                 frames = self._backlog[0]

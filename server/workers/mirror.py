@@ -78,7 +78,7 @@ class OwnerClient:
     def __init__(self, address: str, identity: str) -> None:
         self.address = address
         self.identity = identity
-        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.DEALER)
         socket.setsockopt(zmq.IDENTITY, identity.encode())
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(address)
@@ -176,7 +176,8 @@ class OwnerClient:
 
     def fail_pending(self) -> None:
         """Everything waiting for the owner gets its error now (it is gone)."""
-        for future in [*self._waiting.values(), *self._submitted.values()]:
+        pending: list[asyncio.Future[Any]] = [*self._waiting.values(), *self._submitted.values()]
+        for future in pending:
             if not future.done():
                 future.set_exception(OwnerGone())
         self._submitted.clear()

@@ -61,7 +61,7 @@ class ModelOwner:
         self._released = asyncio.Event()
         self._queries = itertools.count(1)
         self._stats_answers: dict[int, tuple[set[bytes], list[list[dict[str, Any]]], asyncio.Event]] = {}
-        socket = zmq.Context.instance().socket(zmq.ROUTER)
+        socket: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown identity is an error, not a silent drop
         socket.bind(address)
@@ -219,7 +219,8 @@ class ModelOwner:
             if action == "load":
                 result: Any = await self.registry.load(head["name"])
             elif action == "unload":
-                result = await self.registry.unload(head["name"])
+                await self.registry.unload(head["name"])
+                result = None
             elif action == "index":
                 result = self.registry.index(bool(head.get("ready")))
             else:

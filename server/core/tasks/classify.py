@@ -125,11 +125,8 @@ class ClassifyTask(TaskHandler):
             scores = logits
         labels = label_names(manifest.labels, scores.shape[0])
         # sorted() is stable, so equal scores keep label order, as in the pipeline.
-        ranked = sorted(
-            ({"label": labels[i], "score": float(s)} for i, s in enumerate(scores)),
-            key=lambda entry: entry["score"],
-            reverse=True,
-        )
+        entries: list[dict[str, Any]] = [{"label": labels[i], "score": float(s)} for i, s in enumerate(scores)]
+        ranked = sorted(entries, key=lambda entry: entry["score"], reverse=True)
         return ranked if params.top_k is None else ranked[: params.top_k]
 
 

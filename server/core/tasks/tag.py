@@ -130,8 +130,8 @@ class TagTask(TaskHandler):
         pipeline = _Pipeline(state.text, state.vocab, labels, params.aggregation_strategy)
 
         if params.aggregation_strategy == "none" and len(state.windows) > 1:
-            entities = pipeline.owned_tokens(state, scores)
-            return [e for e in entities if e["entity"] not in params.ignore_labels]
+            owned = pipeline.owned_tokens(state, scores)
+            return [e for e in owned if e["entity"] not in params.ignore_labels]
 
         entities: list[dict[str, Any]] = []
         for window, window_scores in zip(state.windows, scores, strict=True):
