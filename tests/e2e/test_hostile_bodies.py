@@ -56,6 +56,9 @@ def run_barrage(server: ServerProcess, out: Path, *args: str) -> list[dict]:
     return json.loads(out.read_text())
 
 
+GRPC_ARENA_MB = 32.0
+
+
 def test_hostile_bodies_are_refused_at_the_budgets_cost(hostile_server: ServerProcess, tmp_path: Path) -> None:
     # A first round settles what the process keeps for good after its first large bodies (grpc's
     # threads and buffers: ~35 MB once, at full concurrency, then flat); the judged round follows.
@@ -76,7 +79,11 @@ def test_hostile_bodies_are_refused_at_the_budgets_cost(hostile_server: ServerPr
             # grpc receives every message whole before a handler can refuse it: 32 x 4 MB here.
             held += REQUESTS * TEXT_MB
         assert o["rss_peak_mb"] <= o["rss_rest_mb"] * 1.10 + held, where
-        assert o["rss_after_mb"] <= o["rss_rest_mb"] * 1.05, where
+        # What stays after: grpc's allocator may keep a few tens of MB of its arenas after a barrage
+        # (seen 5-21 MB, with protobuf 6 and 7), far below the 128 MB of refused messages it once
+        # kept alive; the HTTP paths return to rest.
+        kept_mb = GRPC_ARENA_MB if o["kind"].startswith(("grpc", "v2-grpc")) else 0.0
+        assert o["rss_after_mb"] <= o["rss_rest_mb"] * 1.05 + kept_mb, where
         # Never starved; the 3x-of-rest target is not met (see docs/PERFORMANCE.md).
         assert o["short_p99_during_ms"] <= max(3 * o["short_p99_rest_ms"], 2000.0), where
     # The body buffer held: not every 4 MB body of 32 at once can be held by one process.
