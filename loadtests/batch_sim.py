@@ -3,8 +3,8 @@
 The offline ceiling sorts all of its rows by length before cutting batches (1-2% padding, full
 batches). A server at 32 clients holds 32 rows at most, some of them running: the batcher picks
 from the rest. This simulation replays the bench's closed loop (C clients, each sending its next
-text `overhead_ms` after its answer) against the server's own batching policy (DynamicBatcher's
-window and selection, the same code) and W model runs in parallel, with a cost model of one
+text `overhead_ms` after its answer) against the server's own batching policy (`select_batch`,
+the same code) and W model runs in parallel, with a cost model of one
 model run (fixed + per padded token), and compares it with the offline plan on the same lengths
 and cost model. No model runs and no clock: it isolates what batch composition alone costs.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from loadtests.data import target_lengths
 from loadtests.offline import plan_batches
-from server.core.batcher import DynamicBatcher, _Entry, _Request
+from server.core.batching import BatchLimits, select_batch
 from server.core.config import BatchPolicy
 
 FIXED_MS, PER_TOKEN_MS = 1.5, 0.17
@@ -45,6 +45,9 @@ class SimResult:
     seqs_per_s: float
     mean_batch: float
     padding_ratio: float  # padded / all tokens over every run
+
+
+Queued = tuple[float, int]  # (arrived at, ms; row length)
 
 
 def offline(lengths: Sequence[int], batch_size: int, workers: int, cost: CostModel) -> SimResult:
@@ -70,21 +73,20 @@ def closed_loop(
     seed: int = 1,
 ) -> SimResult:
     """The server at `clients` concurrent clients, as the batcher would cut and stage its batches."""
-    policy = DynamicBatcher(
-        lambda *_: {},
+    limits = BatchLimits.from_policy(
         BatchPolicy(
             max_batch_size=max_batch_size,
             max_batch_tokens=max_batch_tokens,
             max_padding_ratio=max_padding_ratio,
             max_inflight_batches=workers,
-        ),
+        )
     )
     rng = random.Random(seed)
-    queue: list[_Entry] = []
-    events: list[tuple[float, int, str, list[_Entry] | None]] = []  # (ms, tiebreak, kind, batch)
+    queue: list[Queued] = []
+    events: list[tuple[float, int, str, list[Queued] | None]] = []  # (ms, tiebreak, kind, batch)
     order = 0
 
-    def push(at: float, kind: str, batch: list[_Entry] | None = None) -> None:
+    def push(at: float, kind: str, batch: list[Queued] | None = None) -> None:
         nonlocal order
         order += 1
         heapq.heappush(events, (at, order, kind, batch))
@@ -95,30 +97,31 @@ def closed_loop(
     done = rows = runs = real = padded = 0
     now = 0.0
 
-    def start(batch: list[_Entry]) -> None:
+    def start(batch: list[Queued]) -> None:
         nonlocal running, rows, runs, real, padded
         running += 1
-        width = max(e.length for e in batch)
+        width = max(length for _, length in batch)
         rows, runs = rows + len(batch), runs + 1
-        real, padded = real + sum(e.length for e in batch), padded + len(batch) * width
+        real, padded = real + sum(length for _, length in batch), padded + len(batch) * width
         push(now + cost.run_ms(len(batch), width), "finish", batch)
 
     def cut() -> None:
-        # DynamicBatcher._next_batch's rules: a full batch goes (staged while every run is busy);
+        # the batcher's rules (server.core.batching.batcher): a full batch goes (staged while every run is busy);
         # a partial one only to a free run once its oldest row has waited the queue delay.
         nonlocal staged
         while queue and (staged is None or running < workers):
-            window = queue[: policy._window_size]
-            chosen, full = policy._select(window)
+            window = queue[: limits.window_size]
+            positions, full = select_batch([length for _, length in window], limits)
+            chosen = [window[p] for p in positions]
             full = full or len(queue) > len(window)
             free = running < workers
-            wait = window[0].request.submitted + max_queue_delay_ms - now
+            wait = window[0][0] + max_queue_delay_ms - now
             if not (full or (free and wait <= 0)):
                 if free:
                     push(now + wait, "tick")
                 return
-            taken = {id(e) for e in chosen}
-            queue[:] = [e for e in queue if id(e) not in taken]
+            taken = set(positions)  # the window is the queue's head: positions index the queue
+            queue[:] = [e for i, e in enumerate(queue) if i not in taken]
             if free:
                 start(chosen)
             else:
@@ -127,8 +130,7 @@ def closed_loop(
     while done < answers:
         now, _, kind, batch = heapq.heappop(events)
         if kind == "arrive":
-            request = _Request(rows=[], future=None, deadline=None, submitted=now, outputs=[None], unfinished=1)
-            queue.append(_Entry(request, 0, lengths[rng.randrange(len(lengths))]))
+            queue.append((now, lengths[rng.randrange(len(lengths))]))
         elif kind == "finish":
             running -= 1
             done += len(batch or [])

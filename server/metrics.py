@@ -166,7 +166,7 @@ class Metrics:
 
 
 class BatcherMetrics:
-    """The batcher's observer for one model (server.core.batcher.BatchObserver)."""
+    """The batcher's observer for one model (server.core.observer.BatchObserver)."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
         m = metrics

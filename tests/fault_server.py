@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from server.core.batcher import DynamicBatcher
+from server.core.batching import DynamicBatcher
 from server.core.manifest import Manifest
 from server.logs import configure
 from server.runner import serve

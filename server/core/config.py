@@ -16,7 +16,7 @@ PrecisionChoice = Literal["auto", "fp32", "fp16", "int8"]
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    """How one model's batcher cuts batches and bounds its queue (see server.core.batcher).
+    """How one model's batcher cuts batches and bounds its queue (see server.core.batching).
 
     The defaults suit a GPU; `for_device("cpu")` replaces those the user did not set.
     """

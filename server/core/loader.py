@@ -12,48 +12,24 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
-from server.core.batcher import BatchObserver, DynamicBatcher
+from server.core.batching import DynamicBatcher
 from server.core.config import BatchPolicy, CoreConfig, Device
 from server.core.device import select_device, select_precision
 from server.core.errors import ModelLoadError
 from server.core.heap import limit_heap_retention
 from server.core.manifest import Manifest, Precision
 from server.core.model import ModelVersion
+from server.core.observer import BatchObserver
 from server.core.repository import ModelSource
-from server.core.runtime import OnnxModelRuntime, RuntimeOptions, warmup_buckets
+from server.core.runtime import ModelRuntime, OnnxModelRuntime, RuntimeOptions, warmup_buckets
 from server.core.tasks import TASKS
 from server.core.tokenizer import TokenizerPool
 
 log = logging.getLogger("electra.loader")
-
-
-class ModelRuntime(Protocol):
-    """What the batcher and the server need of a loaded model variant."""
-
-    # Read-only here: an implementation may narrow them (onnxruntime's are Device and Precision).
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def precision(self) -> str: ...
-
-    sequence_outputs: tuple[str, ...]
-
-    @property
-    def providers(self) -> list[str]: ...
-
-    def run(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
-    ) -> dict[str, np.ndarray]: ...
-
-    def warmup(self, buckets: list[tuple[int, int]]) -> float: ...
-
-    def close(self) -> None: ...
 
 
 RuntimeFactory = Callable[[Path, Manifest, Device, Precision, RuntimeOptions], ModelRuntime]

@@ -12,15 +12,13 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from server.core.batching.interface import Batcher
 from server.core.manifest import Manifest
+from server.core.runtime import ModelRuntime
 from server.core.tasks.base import TaskHandler
 from server.core.tokenizer import TokenizerPool
-
-if TYPE_CHECKING:
-    from server.core.batcher import DynamicBatcher
-    from server.core.loader import ModelRuntime
 
 
 class State(Enum):
@@ -41,7 +39,7 @@ class ModelVersion:
     task: TaskHandler
     tokenizers: TokenizerPool
     runtime: ModelRuntime
-    batcher: DynamicBatcher
+    batcher: Batcher
     loaded_at: float = field(default_factory=time.time)
     # (inode, mtime) of its manifest when loaded: a re-export renamed in place shows as a change.
     manifest_stamp: tuple[int, int] = (0, 0)

@@ -6,8 +6,41 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from server.core.batcher import BatchObserver
-from server.core.batcher import NullObserver as NullBatchObserver
+
+class BatchObserver(Protocol):
+    """One model's batcher, as it works."""
+
+    def on_batch(self, model_rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None: ...
+
+    def on_drop(self, reason: str) -> None: ...  # one request: deadline | cancelled | overload
+
+    def on_queue_depth(self, n: int) -> None: ...
+
+    def on_failure(self, kind: str) -> None: ...  # a model run failed: error | oom
+
+    def on_retry(self, rows: int) -> None: ...  # a failed batch's rows are run again in smaller parts
+
+    def on_restart(self) -> None: ...  # the batching loop died and was restarted
+
+
+class NullBatchObserver:
+    def on_batch(self, model_rows: int, real_tokens: int, padded_tokens: int, seconds: float) -> None:
+        pass
+
+    def on_drop(self, reason: str) -> None:
+        pass
+
+    def on_queue_depth(self, n: int) -> None:
+        pass
+
+    def on_failure(self, kind: str) -> None:
+        pass
+
+    def on_retry(self, rows: int) -> None:
+        pass
+
+    def on_restart(self) -> None:
+        pass
 
 
 class ServiceObserver(Protocol):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import onnxruntime as ort
@@ -27,6 +27,31 @@ from server.core.errors import ModelLoadError
 from server.core.manifest import INPUT_NAMES, Manifest, Precision
 
 log = logging.getLogger(__name__)
+
+
+class ModelRuntime(Protocol):
+    """What the batcher and the server need of a loaded model variant."""
+
+    # Read-only here: an implementation may narrow them (onnxruntime's are Device and Precision).
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def precision(self) -> str: ...
+
+    sequence_outputs: tuple[str, ...]
+
+    @property
+    def providers(self) -> list[str]: ...
+
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
+    ) -> dict[str, np.ndarray]: ...
+
+    def warmup(self, buckets: list[tuple[int, int]]) -> float: ...
+
+    def close(self) -> None: ...
+
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from server.core.batcher import SubmitResult
+from server.core.batching import SubmitResult
 from server.core.config import BatchPolicy
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
 from server.core.loader import sha256_hex

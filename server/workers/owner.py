@@ -30,6 +30,8 @@ from typing import Any
 import orjson
 import zmq
 
+from server.core.batching import DynamicBatcher
+from server.core.batching.queue import QueuedRequest
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
 from server.core.model import ModelVersion
 from server.core.registry import ModelRegistry
@@ -44,7 +46,8 @@ TABLE_PERIOD_S = 0.5
 @dataclass
 class WorkerLink:
     identity: bytes
-    pending: dict[int, tuple[ModelVersion, Any]] = field(default_factory=dict)  # request id -> (version, queued)
+    # request id -> (version, its request in the batcher)
+    pending: dict[int, tuple[ModelVersion, QueuedRequest]] = field(default_factory=dict)
     holds: set[tuple[str, str, str]] = field(default_factory=set)  # (model, version, path) not yet released
 
 
@@ -115,7 +118,7 @@ class ModelOwner:
             for request_id in head["ids"]:
                 entry = link.pending.get(request_id)
                 if entry is not None:
-                    entry[0].batcher.abandon(entry[1])
+                    local_batcher(entry[0]).abandon(entry[1])
         elif op == "release":
             link.holds.discard((head["model"], head["version"], head["path"]))
             self._released.set()
@@ -148,7 +151,7 @@ class ModelOwner:
         for (request_id, model, version_name, deadline, _), request_rows in zip(requests, rows, strict=True):
             try:
                 version = self._version(model, version_name)
-                queued = version.batcher.enqueue(request_rows, deadline)
+                queued = local_batcher(version).enqueue(request_rows, deadline)
             except ServeError as error:
                 self._fail(link, request_id, error)
                 continue
@@ -308,7 +311,7 @@ class ModelOwner:
             link = self.workers.pop(identity)
             cancelled = len(link.pending)
             for version, queued in list(link.pending.values()):
-                version.batcher.abandon(queued)
+                local_batcher(version).abandon(queued)
             if not expected or cancelled:
                 log.warning("worker %s is gone: %d requests of it cancelled", identity.decode(), cancelled)
         self._released.set()
@@ -320,6 +323,14 @@ class ModelOwner:
             self._link.close()
         else:
             self._socket.close(0)
+
+
+def local_batcher(version: ModelVersion) -> DynamicBatcher:
+    """The owner's versions run here: their batchers take requests from callbacks (`enqueue`)."""
+    batcher = version.batcher
+    if not isinstance(batcher, DynamicBatcher):
+        raise TypeError(f"model {version.name} version {version.version} has no local batcher")
+    return batcher
 
 
 def _error(request_id: int, error: ServeError) -> dict[str, Any]:

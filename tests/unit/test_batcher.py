@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from server.core.batcher import DynamicBatcher, SubmitResult
+from server.core.batching import DynamicBatcher, SubmitResult, select_batch
 from server.core.config import BatchPolicy
 from server.core.errors import ErrorKind, ServeError
 from server.core.rows import Row
@@ -610,11 +610,10 @@ async def test_a_dying_loop_is_restarted_then_declared_dead() -> None:
     observer = Recorder()
     batcher = make_batcher(fake, observer=observer)
 
-    def broken(window: list[Any]) -> Any:
+    def broken(lengths: Any, limits: Any) -> Any:
         raise RuntimeError("bug in the batching loop")
 
-    healthy_select = batcher._select
-    batcher._select = broken  # type: ignore[method-assign]
+    batcher.selector = broken
     batcher.start()
     assert batcher.healthy and batcher.alive
     for _ in range(3):  # each death: the waiting request gets 503, the loop starts again
@@ -622,10 +621,10 @@ async def test_a_dying_loop_is_restarted_then_declared_dead() -> None:
             await batcher.submit([row(2)])
         assert err.value.kind is ErrorKind.UNAVAILABLE
         assert batcher.alive
-    batcher._select = healthy_select  # type: ignore[method-assign]
+    batcher.selector = select_batch
     ok = [row(2)]
     check(ok, await batcher.submit(ok))
-    batcher._select = broken  # type: ignore[method-assign]
+    batcher.selector = broken
     with pytest.raises(ServeError) as err:
         await batcher.submit([row(2)])
     assert err.value.kind is ErrorKind.UNAVAILABLE

@@ -435,7 +435,7 @@ def test_cuda_provider_chain(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
 @pytest.mark.parametrize("task", ["classify", "tag", "qa"])
 async def test_batched_through_the_batcher_equals_single(tmp_path: Path, task: str) -> None:
-    from server.core.batcher import DynamicBatcher
+    from server.core.batching import DynamicBatcher
     from server.core.config import BatchPolicy
     from server.core.rows import Row
 

@@ -219,16 +219,16 @@ async def test_ready_follows_the_batcher_health(build: Build) -> None:
     assert service.ready
     batcher = service.registry.resolve(None, "clf").batcher
 
-    def broken(window: Any) -> Any:
+    def broken(lengths: Any, limits: Any) -> Any:
         raise RuntimeError("a bug in the batching loop")
 
     # The loop dies on a bug: it is restarted (what was queued gets 503, clients retry), a few
     # times; past that the model is dead, readiness and liveness say so, requests get 503.
-    healthy_select = batcher._select
+    healthy_selector = batcher.selector
     for attempt in range(4):
-        batcher._select = broken  # reaching in: nothing public breaks the loop
+        batcher.selector = broken  # the selection policy is replaceable: a bug in it breaks the loop
         await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
-        batcher._select = healthy_select
+        batcher.selector = healthy_selector
         await asyncio.sleep(0)
         if attempt < 3:
             assert batcher.alive and service.ready and service.live
