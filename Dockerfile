@@ -44,6 +44,7 @@ COPY export ./export
 COPY proto ./proto
 COPY finetune ./finetune
 COPY evaluation ./evaluation
+COPY toolchain ./toolchain
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 # ---------------------------------------------------------------------------------------------

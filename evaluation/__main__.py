@@ -18,9 +18,9 @@ from evaluation import data
 from evaluation.backends import BackendError, GrpcBackend, OnnxBackend, PyTorchBackend, RestBackend
 from evaluation.report import table
 from evaluation.run import DEFAULT_MAX_DROP, check_same_model, evaluate
-from finetune.classify import Columns
-from finetune.errors import DataError
 from server.core.manifest import PRECISIONS
+from toolchain.classification import Columns
+from toolchain.errors import DataError
 
 PROG = "electra-eval"
 

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from evaluation.data import ModelInfo
+from toolchain import checkpoint as ckpt
+from toolchain.errors import ExportError
 
 PIPELINES = {"classify": "text-classification", "qa": "question-answering", "tag": "token-classification"}
 
@@ -45,9 +47,6 @@ class PyTorchBackend:
 
     @classmethod
     def load(cls, checkpoint: str, task: str, device: str = "cpu") -> PyTorchBackend:
-        from export import checkpoint as ckpt
-        from export.errors import ExportError
-
         try:
             resolved = ckpt.resolve(checkpoint, task)
             return cls(ckpt.load_model(resolved), ckpt.load_tokenizer(resolved), task, device)

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evaluation import metrics
-from finetune import classify
-from finetune.errors import DataError, where
-from finetune.readers import read_conll, read_squad
+from toolchain import metrics
+from toolchain.classification import Columns, LabelSpace, read_examples
+from toolchain.errors import DataError, where
+from toolchain.readers import read_conll, read_squad
 
 DEFAULT_QA_SEQ_LEN = 384
 DEFAULT_DOC_STRIDE = 128
@@ -56,10 +56,10 @@ def sha256_of(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def _classify(path: Path, info: ModelInfo, columns: classify.Columns, separator: str) -> EvalSet:
+def _classify(path: Path, info: ModelInfo, columns: Columns, separator: str) -> EvalSet:
     problem_type = info.problem_type or ("regression" if len(info.labels) == 1 else "single_label_classification")
-    space = classify.LabelSpace(problem_type, list(info.labels))
-    examples, _ = classify.read_examples(path, columns, space, separator=separator)
+    space = LabelSpace(problem_type, list(info.labels))
+    examples, _ = read_examples(path, columns, space, separator=separator)
     # A missing or empty pair is a single text, as the server and the pipeline read it.
     items = [{"text": e.text, "text_pair": e.pair} if e.pair else e.text for e in examples]
     function = {"regression": "none", "multi_label_classification": "sigmoid"}.get(problem_type, "softmax")
@@ -159,7 +159,7 @@ def load(
     path: Path,
     info: ModelInfo,
     *,
-    columns: classify.Columns | None = None,
+    columns: Columns | None = None,
     label_separator: str = ",",
     impossible: bool | None = None,
     max_answer_len: int = 30,
@@ -167,7 +167,7 @@ def load(
     if info.task != task:
         raise DataError(f"the model serves {info.task}, not {task}")
     if task == "classify":
-        return _classify(Path(path), info, columns or classify.Columns(), label_separator)
+        return _classify(Path(path), info, columns or Columns(), label_separator)
     if task == "qa":
         return _qa(Path(path), info, impossible, max_answer_len)
     if task == "tag":

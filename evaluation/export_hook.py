@@ -7,7 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.classify import Columns
+from evaluation import data
+from evaluation.backends import OnnxBackend, PyTorchBackend
+from evaluation.run import DEFAULT_MAX_DROP, check_same_model, evaluate
+from server.core.manifest import Evaluation
+from toolchain.classification import Columns
+from toolchain.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -23,9 +28,6 @@ class EvalRequest:
 def check_request(request: EvalRequest, task: str, labels: list[str], problem_type: str | None, max_seq_len: int):
     """Read the evaluation file against the model's task and labels before the (long) export: an
     unusable file fails at once (DataError)."""
-    from evaluation import data
-    from finetune.errors import DataError
-
     if task not in ("classify", "qa", "tag"):
         raise DataError(f"--eval-file: no task metric for {task} models (classify, qa or tag)")
     info = data.ModelInfo(task, tuple(labels), problem_type, max_seq_len)
@@ -50,11 +52,6 @@ def evaluate_export(
 ) -> tuple[Any, list[str]]:
     """(the manifest's Evaluation, failures against request.max_drop) for the variants in `model_dir`,
     with the PyTorch model as the reference. Raises DataError for an unusable file."""
-    from evaluation import data
-    from evaluation.backends import OnnxBackend, PyTorchBackend
-    from evaluation.run import DEFAULT_MAX_DROP, check_same_model, evaluate
-    from server.core.manifest import Evaluation
-
     backends: list[Any] = [PyTorchBackend(torch_model, tokenizer, manifest.task)]
     backends += [OnnxBackend(model_dir, p, threads=threads, manifest=manifest) for p in manifest.variants]
     info = check_same_model({b.name: b.info() for b in backends})

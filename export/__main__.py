@@ -1,4 +1,4 @@
-"""electra-export: Hugging Face ELECTRA checkpoint -> model repository (see CONTRACT §1, §2)."""
+"""electra-export: Hugging Face ELECTRA checkpoint -> model repository (see docs/REFERENCE.md §1.3, §2)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.errors import ExportError
-from finetune.errors import DataError
+from toolchain.classification import Columns
+from toolchain.errors import DataError, ExportError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        # The exporter (onnxruntime, onnx), the pruner and the demo builder are imported by the branch
+        # that runs them, once the arguments are parsed: --help stays instant.
         if args.prune:
             from export.exporter import parse_precisions
             from export.prune import prune_repository
@@ -67,13 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.model:
             raise ExportError("--model is required (or --demo)")
+        from evaluation.export_hook import EvalRequest  # the exporter imports it: loaded with it
         from export.exporter import export_checkpoint, parse_precisions
 
         evaluation = None
         if args.eval_file is not None:
-            from evaluation.export_hook import EvalRequest
-            from finetune.classify import Columns
-
             evaluation = EvalRequest(
                 args.eval_file,
                 Columns(args.text_column, args.text_pair_column, args.label_column),

@@ -27,8 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evaluation.export_hook import EvalRequest
 from export.synthetic import CONLL_LABELS, make_checkpoint, vocab_path
+from finetune import synthetic
+from finetune.run import FinetuneArgs, finetune
+from finetune.train import TrainOptions
 from server.core.manifest import Manifest
+from toolchain.classification import Columns
 
 # google/electra-small-discriminator's shape (14M parameters) with a shorter position table,
 # so the demo repository stays small and starts fast while batching behaves like a real model.
@@ -71,8 +76,6 @@ FINETUNE_TASK = {"discriminate": "discriminate", "classify": "classify", "qa": "
 
 def _write_sets(spec: DemoSpec, directory: Path) -> tuple[Path, Path | None]:
     """The synthetic training and validation files of one demo model."""
-    from finetune import synthetic
-
     seed_train, seed_val = 1000 * spec.seed + 1, 1000 * spec.seed + 2
     if spec.task == "classify":
         return (
@@ -99,6 +102,7 @@ def _linear_head(checkpoint: Path) -> None:
     From ELECTRA's random init, that layer (dense + GELU) collapses within a few steps to one output
     for every token (the prior of ~10% replaced) and needs well over a hundred steps to recover (seen
     on this shape and data); from the identity, the replaced words are learnt straight away."""
+    # torch and transformers (the export extra) load when a model is built, not with DEMO_SHAPE.
     import torch
     from transformers import ElectraForPreTraining
 
@@ -112,13 +116,11 @@ def _linear_head(checkpoint: Path) -> None:
 
 def build_demo_model(name: str, output: Path, quiet: bool = False) -> dict[str, Any]:
     """Fine-tune, export and score one demo model into `output/<name>`; returns its manifest as JSON."""
+    # torch, and the exporter's onnxruntime and onnx, load when a model is built: importing this module
+    # for DEMO_SHAPE (finetune.example, loadtests.models) loads neither.
     import torch
 
-    from evaluation.export_hook import EvalRequest
     from export.exporter import Progress, export_checkpoint
-    from finetune.classify import Columns
-    from finetune.run import FinetuneArgs, finetune
-    from finetune.train import TrainOptions
 
     torch.set_num_threads(1)
     spec = DEMO_MODELS[name]

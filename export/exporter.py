@@ -10,17 +10,14 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from export import checkpoint as ckpt
+from evaluation.export_hook import EvalRequest, check_request, evaluate_export
 from export import onnx as onnx_export
 from export import optimize, parity
-from export.errors import ExportError
 from server.core.folders import open_to_umask
 from server.core.manifest import PRECISIONS, Manifest, Source, Variant
-
-if TYPE_CHECKING:
-    from evaluation.export_hook import EvalRequest
+from toolchain import checkpoint as ckpt
+from toolchain.errors import ExportError
 
 VARIANT_FILES = {"fp32": "model.fp32.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 
@@ -107,14 +104,12 @@ def export_checkpoint(
             f"--max-seq-len {max_seq_len} must be between 2 and the model's max_position_embeddings {limit}"
         )
     if evaluation is not None:
-        from evaluation.export_hook import check_request
-
         check_request(
             evaluation, checkpoint.task, ckpt.labels_of(checkpoint), ckpt.problem_type_of(checkpoint), max_seq_len
         )
     progress(f"loading {checkpoint.architecture} ({checkpoint.task})")
     if deterministic:
-        import torch
+        import torch  # heavy (the export extra): not loaded by importing this module
 
         torch.set_num_threads(1)
     torch_model = ckpt.load_model(checkpoint)
@@ -196,8 +191,6 @@ def export_checkpoint(
             exporter=tool_versions(),
         )
         if evaluation is not None:
-            from evaluation.export_hook import evaluate_export
-
             progress(f"evaluating every variant on {evaluation.file}")
             manifest.evaluation, failures = evaluate_export(
                 staging, manifest, torch_model, tokenizer, evaluation, threads=1 if deterministic else 0

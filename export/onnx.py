@@ -7,7 +7,7 @@ import io
 import logging
 from pathlib import Path
 
-from export.errors import ExportError
+from toolchain.errors import ExportError
 
 OPSET = 18
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from pathlib import Path
 
-from export.errors import ExportError
 from server.core.manifest import Manifest
 from server.core.repository import scan
+from toolchain.errors import ExportError
 
 
 def prune_repository(repository: Path, keep: Collection[str]) -> list[str]:

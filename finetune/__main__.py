@@ -10,11 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.errors import ExportError
-from finetune.classify import PROBLEM_TYPES, Columns
-from finetune.errors import DataError
 from finetune.run import TASKS, FinetuneArgs, finetune
 from finetune.train import TrainOptions
+from toolchain.classification import PROBLEM_TYPES, Columns
+from toolchain.errors import DataError, ExportError
 
 PROG = "electra-finetune"
 
@@ -118,12 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     if ns.early_stopping_patience is not None and ns.validation_file is None:
         parser.error("--early-stopping-patience needs --validation-file")
     if ns.deterministic:
-        import torch
+        import torch  # heavy: --help never loads it
 
         torch.set_num_threads(1)
     try:
         if ns.export is not None:
-            from export.exporter import parse_precisions
+            # The exporter (onnxruntime, onnx) loads only for --export: --help and a plain fine-tuning never do.
+            from evaluation.export_hook import EvalRequest
+            from export.exporter import default_name, export_checkpoint, parse_precisions
 
             precisions = parse_precisions(ns.precision)  # a typo fails now, not after the training
         result = finetune(_args(ns))
@@ -133,9 +134,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"validation {name}: {value:.2f}")
         print(f"checkpoint: {result.output}")
         if ns.export is not None:
-            from evaluation.export_hook import EvalRequest
-            from export.exporter import default_name, export_checkpoint
-
             # The validation file scores every exported variant into the manifest.
             evaluation = (
                 EvalRequest(ns.validation_file, _args(ns).columns, ns.label_separator, max_answer_len=ns.max_answer_len)

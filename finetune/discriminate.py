@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from finetune.errors import DataError, where
-from finetune.readers import TaggedSentence, read_conll
+from toolchain.errors import DataError, where
+from toolchain.readers import TaggedSentence, read_conll
 
 TAGS = ("O", "R")
 

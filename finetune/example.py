@@ -21,6 +21,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.demo import DEMO_SHAPE, NO_DROPOUT
+from export.synthetic import make_checkpoint
+from finetune import synthetic
+
 SEED = 7
 # Training examples per task: what the demo models learn their world from (export/demo.py).
 TRAIN_ROWS = {"classify": 1600, "qa": 3520, "tag": 1280}
@@ -28,8 +32,6 @@ DEV_ROWS = 200
 
 
 def _write_split(task: str, directory: Path, name: str, rows: int, seed: int) -> Path:
-    from finetune import synthetic
-
     if task == "classify":
         table = [{"sentence": row["text"], "label": row["label"]} for row in synthetic.sentiment(rows, seed, pairs=0)]
         return synthetic.write_table(directory / f"{name}.tsv", table)
@@ -39,9 +41,6 @@ def _write_split(task: str, directory: Path, name: str, rows: int, seed: int) ->
 
 
 def write_example(directory: Path, task: str = "classify") -> list[Path]:
-    from export.demo import DEMO_SHAPE, NO_DROPOUT
-    from export.synthetic import make_checkpoint
-
     directory.mkdir(parents=True, exist_ok=True)
     return [
         _write_split(task, directory, "train", TRAIN_ROWS[task], SEED),

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from export import checkpoint as ckpt
-from export.errors import ExportError
+from toolchain import checkpoint as ckpt
+from toolchain.errors import ExportError
+from toolchain.frameworks import from_pretrained
 
 ARCHITECTURES = {
     "classify": "ElectraForSequenceClassification",
@@ -38,10 +39,9 @@ def base_label_names(checkpoint: ckpt.Checkpoint) -> list[str] | None:
 
 def load_model(checkpoint: ckpt.Checkpoint, label_config: dict[str, Any] | None = None, **config_updates: Any):
     """The task model: the checkpoint's encoder and a new head (a head of another size is replaced)."""
+    # transformers (torch with it) loads with the model, not with this module (electra-finetune --help).
     import transformers
     from transformers import AutoConfig
-
-    from export.frameworks import from_pretrained
 
     config = AutoConfig.from_pretrained(checkpoint.location, revision=checkpoint.revision)
     for key, value in {**(label_config or {}), **config_updates}.items():

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from finetune.errors import DataError
-from finetune.readers import QaExample
+from toolchain.errors import DataError
+from toolchain.metrics import squad_metrics
+from toolchain.readers import QaExample
 
 # Candidates per window on each side when searching the best span (run_qa's n_best_size).
 N_BEST = 20
@@ -120,8 +121,6 @@ def metric_function(
     examples: list[QaExample], found: Windows, max_answer_len: int, allow_empty: bool
 ) -> Callable[[Any], dict[str, float]]:
     """compute_metrics for the Trainer: SQuAD scores of the validation windows' logits."""
-    from evaluation.metrics import squad_metrics
-
     gold = {e.id: [a.text for a in e.answers] for e in examples}
 
     def compute(prediction: Any) -> dict[str, float]:

@@ -10,10 +10,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from finetune import classify, discriminate, qa, tag
-from finetune.errors import DataError
-from finetune.readers import read_squad
+from finetune.model import base_checkpoint, base_label_names, load_model
 from finetune.train import TrainOptions, train
+from toolchain.checkpoint import load_tokenizer
+from toolchain.classification import Columns, LabelSpace, read_examples
+from toolchain.errors import DataError
+from toolchain.metrics import classification_metrics, primary_metric
+from toolchain.readers import read_squad
 
 TASKS = ("classify", "qa", "tag")
 DEFAULT_QA_SEQ_LEN = 384
@@ -27,7 +33,7 @@ class FinetuneArgs:
     train_file: Path
     output: Path
     validation_file: Path | None = None
-    columns: classify.Columns = field(default_factory=classify.Columns)
+    columns: Columns = field(default_factory=Columns)
     labels: list[str] | None = None
     problem_type: str = "auto"
     label_separator: str = ","
@@ -71,12 +77,10 @@ def _read(args: FinetuneArgs, base_names: list[str] | None) -> tuple[Any, Any, A
             "base_names": base_names,
             "separator": args.label_separator,
         }
-        train_set, space = classify.read_examples(args.train_file, args.columns, **options)
+        train_set, space = read_examples(args.train_file, args.columns, **options)
         validation = None
         if args.validation_file:
-            validation, _ = classify.read_examples(
-                args.validation_file, args.columns, space, separator=args.label_separator
-            )
+            validation, _ = read_examples(args.validation_file, args.columns, space, separator=args.label_separator)
         return train_set, validation, space
     if args.task == "qa":
         train_set, version = read_squad(args.train_file)
@@ -93,14 +97,13 @@ def _read(args: FinetuneArgs, base_names: list[str] | None) -> tuple[Any, Any, A
 
 
 def _prepare(args: FinetuneArgs, tokenizer: Any, max_positions: int, base_names: list[str] | None) -> _Prepared:
+    # transformers (torch with it) loads when a run starts, not with this module (electra-finetune --help).
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
-
-    from evaluation.metrics import primary_metric
 
     train_set, validation, labels = _read(args, base_names)
     max_len = min(args.max_seq_len or max_positions, max_positions)
     if args.task == "classify":
-        space: classify.LabelSpace = labels
+        space: LabelSpace = labels
         rows = classify.features(train_set, tokenizer, max_len, space)
         val_rows = classify.features(validation, tokenizer, max_len, space) if validation else None
         return _Prepared(
@@ -164,11 +167,7 @@ def _prepare(args: FinetuneArgs, tokenizer: Any, max_positions: int, base_names:
     )
 
 
-def classification_metric_function(space: classify.LabelSpace):
-    import numpy as np
-
-    from evaluation.metrics import classification_metrics
-
+def classification_metric_function(space: LabelSpace):
     def compute(prediction: Any) -> dict[str, float]:
         logits = np.asarray(prediction.predictions)
         gold = np.asarray(prediction.label_ids)
@@ -185,10 +184,7 @@ def classification_metric_function(space: classify.LabelSpace):
 
 def finetune(args: FinetuneArgs) -> FinetuneResult:
     """Raises DataError (bad data) or ExportError (bad checkpoint)."""
-    from transformers import set_seed
-
-    from export.checkpoint import load_tokenizer
-    from finetune.model import base_checkpoint, base_label_names, load_model
+    from transformers import set_seed  # torch with it: see _prepare
 
     if args.task not in (*TASKS, "discriminate"):
         raise DataError(f"unknown task {args.task!r}: choose one of {', '.join(TASKS)}")

@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from finetune.errors import DataError, where
-from finetune.readers import TaggedSentence, read_conll
+from toolchain.errors import DataError, where
+from toolchain.metrics import tagging_metrics
+from toolchain.readers import TaggedSentence, read_conll
 
 IGNORED = -100
 _BIO = re.compile(r"^(O|[BI]-.+)$")
@@ -77,7 +78,6 @@ def features(sentences: list[TaggedSentence], tokenizer: Any, max_length: int, n
 
 def metric_function(names: list[str]) -> Callable[[Any], dict[str, float]]:
     """compute_metrics for the Trainer: seqeval scores on the labelled (first sub-token) positions."""
-    from evaluation.metrics import tagging_metrics
 
     def compute(prediction: Any) -> dict[str, float]:
         predicted = np.asarray(prediction.predictions).argmax(-1)

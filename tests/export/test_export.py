@@ -18,10 +18,10 @@ import onnxruntime as ort
 import pytest
 
 from export import optimize, parity
-from export.errors import ExportError
 from export.exporter import export_checkpoint
 from server.core.manifest import INPUT_NAMES, OUTPUT_NAMES, Manifest, list_models
 from tests.torch_reference import load_torch_model
+from toolchain.errors import ExportError
 
 MANIFEST_KEYS = {"name", "task", "max_seq_len", "labels", "problem_type", "tokenizer", "variants", "source", "exporter"}
 

@@ -16,11 +16,11 @@ import httpx
 import pytest
 
 from evaluation.__main__ import main as eval_main
-from evaluation.metrics import squad_metrics
 from finetune.__main__ import main as finetune_main
-from finetune.readers import read_squad
 from server.core.manifest import Manifest
 from tests.e2e.conftest import ServerProcess, start_server
+from toolchain.metrics import squad_metrics
+from toolchain.readers import read_squad
 
 # Per task: the training flags, and the validation score a model that learnt nothing cannot reach.
 RUNS = {

@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import checkpoint as ckpt
-from export import frameworks
 from export.__main__ import main as export_main
-from export.errors import ExportError
 from export.exporter import export_checkpoint
 from finetune.__main__ import main as finetune_main
 from finetune.model import base_checkpoint as finetune_base
 from finetune.model import load_model as finetune_load
+from toolchain import checkpoint as ckpt
+from toolchain import frameworks
+from toolchain.errors import ExportError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 HAVE = {

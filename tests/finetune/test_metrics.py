@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from evaluation.metrics import (
+from toolchain.metrics import (
     classification_metrics,
     exact_match,
     normalize_answer,

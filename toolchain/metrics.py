@@ -11,7 +11,7 @@
   both match), precision and recall, plus token accuracy.
 
 Every function takes plain Python lists; the heavy libraries are imported when a metric is computed,
-so that importing this module (the fine-tuning code does) stays cheap.
+so that importing this module (the fine-tuning and evaluation code do) stays cheap.
 """
 
 from __future__ import annotations

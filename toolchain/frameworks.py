@@ -8,6 +8,8 @@ comes back with no data: transformers issue 37999). So the converters run here o
 on the CPU, the checkpoint's own architecture, and its state dict then goes through the ordinary
 `from_pretrained(state_dict=...)`: the same key matching and missing-weight report as for PyTorch
 weights, into whichever head class the caller asks for.
+
+transformers (and torch with it) is imported inside the functions that use it, as in `toolchain.checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from importlib.util import find_spec
 from typing import Any
 
-from export.errors import ExportError
+from toolchain.errors import ExportError
 
 PYTORCH_FILES = (
     "model.safetensors",

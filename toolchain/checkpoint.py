@@ -1,4 +1,7 @@
-"""Resolve a model id or local directory and decide which task it serves."""
+"""Resolve a model id or local directory, decide which task it serves, and load its model and tokenizer.
+
+transformers and huggingface_hub (torch with them) are imported inside the functions that use them:
+every toolchain CLI imports this module, and its --help loads neither."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from export.errors import ExportError
+from toolchain.errors import ExportError
+from toolchain.frameworks import from_pretrained
 
 TASK_BY_ARCHITECTURE = {
     "ElectraForPreTraining": "discriminate",
@@ -128,8 +132,6 @@ def resolve(model: str, task: str = "auto", revision: str | None = None) -> Chec
 def load_model(checkpoint: Checkpoint):
     """The PyTorch model with its own head: ElectraForPreTraining keeps the discriminator head."""
     import transformers
-
-    from export.frameworks import from_pretrained
 
     model_class = getattr(transformers, checkpoint.architecture)
     # PyTorch, TensorFlow (tf_model.h5) or Flax (flax_model.msgpack) weights alike.
