@@ -33,6 +33,7 @@ from loadtests import data, frontend
 from loadtests.procstat import cpu_seconds, tree_pids
 from loadtests.servers import ServerProcess
 from server.core.rows import Row
+from server.workers import messages as m
 from server.workers import wire
 from server.workers.wire import OWNER_ENV
 
@@ -120,38 +121,38 @@ class OwnerLoad:
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Until the owner's table shows the model loaded (the first message makes the owner list us)."""
-        self.socket.send_multipart(wire.encode({"op": "hello"}))
+        self.socket.send_multipart(wire.message_frames(m.Hello()))
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            head = self._receive(timeout_s=1.0)
-            if head is None or head[0].get("op") != "table":
+            got = self._receive(timeout_s=1.0)
+            if got is None or not isinstance(got[0], m.Table):
                 continue
-            versions = head[0]["models"].get(self.model, {}).get("versions", {})
-            ready = [v for v, info in versions.items() if info.get("ready") and not info.get("retiring")]
+            entry = got[0].models.get(self.model)
+            versions = entry.versions if entry else {}
+            ready = [v for v, info in versions.items() if info.ready and not info.retiring]
             if ready:
                 self.version = max(ready, key=int)
                 return
         raise RuntimeError(f"the owner did not report model {self.model!r} ready within {timeout_s:.0f}s")
 
-    def _receive(self, timeout_s: float) -> tuple[dict[str, Any], list[Any]] | None:
+    def _receive(self, timeout_s: float) -> tuple[m.ToWorker, list[Any]] | None:
         if not self.socket.poll(int(timeout_s * 1000), zmq.POLLIN):
             return None
         frames = self.socket.recv_multipart(copy=False)
-        head = wire.header(frames[0])
-        if head.get("op") == "stats_query":  # the owner sums statistics over everyone it knows
-            self.socket.send_multipart(wire.encode({"op": "stats_reply", "query": head["query"], "stats": []}))
+        head = m.decode_to_worker(wire.buffer(frames[0]))
+        if isinstance(head, m.StatsQuery):  # the owner sums statistics over everyone it knows
+            self.socket.send_multipart(wire.message_frames(m.StatsReply(head.query, [])))
         return head, frames[1:]
 
     def _send(self, count: int) -> None:
         requests, rows = [], []
         for _ in range(count):
             request_id, self.next_id = self.next_id, self.next_id + 1
-            requests.append([request_id, self.model, self.version, None, 1])
+            requests.append(m.SubmittedRequest(request_id, self.model, self.version, None, 1))
             rows.append([self.rows[self.next_row % len(self.rows)]])
             self.next_row += 1
             self.outstanding.add(request_id)
-        self.socket.send_multipart(wire.encode({"op": "submit", "requests": requests}, *wire.pack_rows(rows)),
-                                   copy=False)  # fmt: skip
+        self.socket.send_multipart(wire.message_frames(m.Submit(requests), *wire.pack_rows(rows)), copy=False)
 
     def _answers(self, timeout_s: float) -> tuple[int, int]:
         """(answered, of which errors) in the next message, (0, 0) if none came or it answers nothing.
@@ -160,10 +161,10 @@ class OwnerLoad:
         if got is None:
             return 0, 0
         head, _ = got
-        if head.get("op") == "results":
-            ids, errors = [r[0] for r in head["results"]], 0
-        elif head.get("op") == "errors":
-            ids = [e[0] for e in head["errors"]]
+        if isinstance(head, m.Results):
+            ids, errors = [r.id for r in head.results], 0
+        elif isinstance(head, m.Errors):
+            ids = [e.id for e in head.errors]
             errors = len(ids)
         else:
             return 0, 0

@@ -44,7 +44,7 @@ class _UvicornServer(uvicorn.Server):
         yield
 
 
-async def _poll(registry: ModelRegistry, period_s: float, stop: asyncio.Event) -> None:
+async def poll_repository(registry: ModelRegistry, period_s: float, stop: asyncio.Event) -> None:
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), period_s)
@@ -177,7 +177,7 @@ async def serve(
     stop = stop or stop_on_signals(security)
     background = []
     if settings.model_control_mode == "poll":
-        background.append(_poll(parts.registry, settings.repository_poll_secs, stop))
+        background.append(poll_repository(parts.registry, settings.repository_poll_secs, stop))
     metrics = parts.metrics
     return await run_front(
         settings, parts.service, lambda: (metrics.exposition(), metrics.content_type),

@@ -16,12 +16,13 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
-from server.core.batching import DynamicBatcher
+from server.core.batching import BatchLimits, selection
 from server.core.manifest import Manifest
 from server.logs import configure
 from server.runner import serve
@@ -75,14 +76,14 @@ def main() -> int:
         tokenizer = Tokenizer.from_file(str(path / manifest.tokenizer))
         return FaultyRuntime(manifest, precision, faults, tokenizer)
 
-    select = DynamicBatcher._select
+    select = selection.select_batch
 
-    def maybe_broken(self: DynamicBatcher, window: Any) -> Any:
+    def maybe_broken(lengths: Sequence[int], limits: BatchLimits) -> tuple[list[int], bool]:
         if faults.get().get("break_loop"):
             raise RuntimeError("injected bug in the batching loop")
-        return select(self, window)
+        return select(lengths, limits)
 
-    DynamicBatcher._select = maybe_broken  # type: ignore[method-assign]
+    selection.select_batch = maybe_broken  # every batcher made from now on selects through it
     assert settings.model_repository is not None
     return asyncio.run(serve(settings, settings.model_repository, runtime_factory=factory))
 

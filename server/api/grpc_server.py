@@ -43,7 +43,7 @@ class HealthReporter:
         self._changed.set()
 
     async def sync(self, service: InferenceService) -> None:
-        current = {OVERALL: service.ready, **{name: service.model_ready(name) for name in list(service.registry.slots)}}
+        current = {OVERALL: service.ready, **{name: service.model_ready(name) for name in service.catalogue.names()}}
         for name in set(self._last) - set(current):
             current[name] = False  # an unloaded model stops serving
         for name, serving in current.items():
@@ -52,7 +52,7 @@ class HealthReporter:
                 self._last[name] = serving
 
     async def follow(self, service: InferenceService, stop: asyncio.Event, period_s: float = 0.5) -> None:
-        service.registry.subscribe(self.poke)
+        service.catalogue.subscribe(self.poke)
         while not stop.is_set():
             self._changed.clear()
             try:

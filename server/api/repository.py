@@ -14,14 +14,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
-from server.core.registry import ModelRegistry
+from server.core.store import ModelStore
 
 log = logging.getLogger("electra.repository")
 
 
 class RepositoryControl:
-    def __init__(self, registry: ModelRegistry, mode: str) -> None:
-        self.registry = registry
+    def __init__(self, models: ModelStore, mode: str) -> None:
+        self.models = models
         self.mode = mode
 
     def _check(self, name: Any, parameters: Mapping[str, Any], ignored: tuple[str, ...] = ()) -> str:
@@ -45,10 +45,10 @@ class RepositoryControl:
     async def load(self, name: Any, parameters: Mapping[str, Any] | None = None) -> list[str]:
         """(Re)load; returns the versions that serve. A failed load leaves what served serving."""
         name = self._check(name, parameters or {})
-        if name not in self.registry.scan() and name not in self.registry.slots:
+        if not self.models.in_repository(name):
             raise ServeError(ErrorKind.NOT_FOUND, f"model '{name}' is not in the repository")
         try:
-            versions = await self.registry.load(name)
+            versions = await self.models.load(name)
         except ModelLoadError as exc:
             raise ServeError(ErrorKind.BAD_REQUEST, f"failed to load model '{name}': {exc}") from exc
         log.info("model %s loaded on request: versions %s serve", name, ", ".join(versions))
@@ -57,5 +57,5 @@ class RepositoryControl:
     async def unload(self, name: Any, parameters: Mapping[str, Any] | None = None) -> None:
         # tritonclient always sends unload_dependents; there are no ensembles to unload with a model.
         name = self._check(name, parameters or {}, ignored=("unload_dependents",))
-        await self.registry.unload(name)
+        await self.models.unload(name)
         log.info("model %s unloaded on request", name)

@@ -1,4 +1,4 @@
-"""REST: /v1 task routes, /v1/models, health and metrics (CONTRACT §3, §5)."""
+"""REST: /v1 task routes, /v1/models, health and metrics (docs/REFERENCE.md §3, §6)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def build_router(
         "/v1/models", tags=["models"], responses={**doc.ok(doc.ModelList, "The models that serve"), **doc.errors(401)}
     )
     async def list_models() -> Response:
-        return json_response({"models": [describe(service, v) for v in service.registry.serving()]})
+        return json_response({"models": [describe(service, v) for v in service.catalogue.serving()]})
 
     @router.get(
         "/v1/models/{name}",
@@ -89,8 +89,7 @@ def build_router(
         responses={**doc.ok(doc.ModelDescription, "The model"), **doc.errors(*doc.MODEL_ERRORS)},
     )
     async def describe_model(name: str) -> Response:
-        slot = service.registry.slots.get(name)
-        serving = slot.serving() if slot else None
+        serving = next((v for v in service.catalogue.serving() if v.name == name), None)
         if serving is None:
             return error_response(not_loaded(name))
         return json_response(describe(service, serving))
@@ -132,7 +131,6 @@ def _probe(state: str, why_not: str) -> dict[int | str, dict[str, Any]]:
 def describe(service: InferenceService, version: Any) -> dict[str, Any]:
     """A model as /v1/models shows it: the version that serves by default, and every version loaded."""
     described = version.describe()
-    slot = service.registry.slots.get(version.name)
-    if slot is not None:
-        described["versions"] = sorted(slot.loaded, key=int)
+    if versions := service.catalogue.version_names(version.name):
+        described["versions"] = versions
     return described

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from server.api import v2_tensors as t
-from server.core.errors import not_loaded
 from server.core.manifest import Manifest
 from server.core.model import ModelVersion
 from server.core.rows import RowOutputs
@@ -71,19 +70,14 @@ class _WithLogits:
 class V2Dataplane:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        self.registry = service.registry
+        self.catalogue = service.catalogue
+        self.models = service.models
 
     # -- models -----------------------------------------------------------------------------
 
     def model(self, name: str, version: str = "") -> ModelVersion:
         """A loaded version ("" : the one that serves by default)."""
-        slot = self.registry.slots.get(name)
-        found = None
-        if slot is not None:
-            found = slot.loaded.get(version) if version else slot.serving()
-        if found is None:
-            raise not_loaded(name, version or None)
-        return found
+        return self.catalogue.find(name, version)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         self.model(name, version)
@@ -98,10 +92,9 @@ class V2Dataplane:
         def tensor(spec: t.TensorSpec) -> dict[str, Any]:
             return {"name": spec.name, "datatype": spec.datatype, "shape": [-1, *spec.dims]}
 
-        slot = self.registry.slots[name]
         return {
             "name": loaded.name,
-            "versions": sorted(slot.loaded, key=int),
+            "versions": self.catalogue.version_names(name),
             "platform": PLATFORM,
             "inputs": [tensor(s) for s in t.input_specs(loaded.manifest.task)],
             "outputs": [tensor(s) for s in t.output_specs(loaded.manifest)],
@@ -125,8 +118,7 @@ class V2Dataplane:
             {"name": s.name, "data_type": t.CONFIG_TYPES[s.datatype], "dims": list(s.dims)}
             for s in t.output_specs(loaded.manifest)
         ]
-        model = self.registry.scan().get(name)
-        version_policy = (model.policy if model else self.registry.default_policy).describe()
+        version_policy = self.models.version_policy(name)
         return {
             "name": loaded.name,
             "platform": PLATFORM,
@@ -170,16 +162,16 @@ class V2Dataplane:
                 keys = [(self.model(name, version).name, version)]
             else:
                 self.model(name)
-                keys = [(name, v) for v in sorted(self.registry.slots[name].loaded, key=int)]
+                keys = [(name, v) for v in self.catalogue.version_names(name)]
         else:
             keys = [
-                (v.name, v.version) for v in sorted(self.registry.versions(), key=lambda v: (v.name, int(v.version)))
+                (v.name, v.version) for v in sorted(self.catalogue.versions(), key=lambda v: (v.name, int(v.version)))
             ]
-        stats = await self.registry.cluster_stats() or self.service.stats
+        stats = await self.models.cluster_stats() or self.service.stats
         return {"model_stats": [stats.model_stats(n, v) for n, v in keys]}
 
     async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        return await self.registry.repository_index(ready_only)
+        return await self.models.repository_index(ready_only)
 
     # -- inference --------------------------------------------------------------------------
 

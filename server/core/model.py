@@ -16,7 +16,7 @@ from typing import Any
 
 from server.core.batching.interface import Batcher
 from server.core.manifest import Manifest
-from server.core.runtime import ModelRuntime
+from server.core.runtime import RuntimeInfo
 from server.core.tasks.base import TaskHandler
 from server.core.tokenizer import TokenizerPool
 
@@ -38,7 +38,7 @@ class ModelVersion:
     manifest: Manifest
     task: TaskHandler
     tokenizers: TokenizerPool
-    runtime: ModelRuntime
+    runtime: RuntimeInfo
     batcher: Batcher
     loaded_at: float = field(default_factory=time.time)
     # (inode, mtime) of its manifest when loaded: a re-export renamed in place shows as a change.

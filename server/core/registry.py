@@ -1,6 +1,6 @@
-"""The model owner: every loaded version of every model, their states, and the operations that
-change them (load, unload, reload, poll). Requests resolve a model here and hold a lease on the
-version they got; nothing else keeps a reference to a loaded version.
+"""The model owner: every loaded version of every model (its `table`, which requests resolve
+through the service's catalogue), and the operations that change them (load, unload, reload, poll).
+Requests hold a lease on the version they got; nothing else keeps a reference to a loaded version.
 
 All state changes happen on the event loop (loading itself runs in a thread and hands back a
 finished `ModelVersion`), so readers never see a table that changes under them. Operations on one
@@ -17,46 +17,19 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
+from server.core.catalogue import ModelSlot, ModelTable, VersionStatus
 from server.core.errors import ErrorKind, ModelLoadError, ServeError, not_loaded
 from server.core.heap import release_free_heap
 from server.core.loader import ModelLoader
 from server.core.model import ModelVersion, State
-from server.core.repository import ModelSource, RepositoryModel, VersionPolicy, scan
+from server.core.repository import ModelSource, RepositoryModel, VersionPolicy, scan, version_policy
 from server.core.stats import ModelStats
 
 log = logging.getLogger("electra.registry")
-
-
-@dataclass
-class VersionStatus:
-    state: State
-    reason: str = ""
-
-
-class ModelSlot:
-    """One model name: its loaded versions and the state of every version it has had."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.loaded: dict[str, ModelVersion] = {}
-        self.status: dict[str, VersionStatus] = {}
-        # Versions that failed to load, with the stamp of what failed: polling does not try an
-        # unchanged broken version again and again (an explicit load does).
-        self.failed: dict[str, tuple[int, int]] = {}
-        self.lock = asyncio.Lock()
-
-    def serving(self) -> ModelVersion | None:
-        """The version a request without a version gets: the newest ready one."""
-        ready = [v for v in self.loaded.values() if v.ready]
-        return max(ready, key=lambda v: int(v.version)) if ready else None
-
-    @property
-    def ready(self) -> bool:
-        return self.serving() is not None
 
 
 class ModelRegistry:
@@ -74,94 +47,47 @@ class ModelRegistry:
         self.repository = Path(repository)
         self.default_policy = default_policy or VersionPolicy()
         self.unload_timeout_s = unload_timeout_s
-        self.slots: dict[str, ModelSlot] = {}
+        self.table = ModelTable()
+        self._locks: dict[str, asyncio.Lock] = {}  # one per model: its operations run one at a time
         self._on_ready = on_ready
         self._on_removed = on_removed
-        self._listeners: list[Callable[[], None]] = []
         self.stopping = False
+        self.started = False  # start-up loading finished
+        self.load_error: str | None = None
         # Awaited before a retiring version is freed (the multi-process owner waits there for every
-        # worker to release it); None: only this process's leases count.
-        self.retire_hook: Callable[[ModelVersion, float], Awaitable[None]] | None = None
+        # worker to release it); none: only this process's leases count.
+        self._retire_gates: list[Callable[[ModelVersion, float], Awaitable[None]]] = []
+
+    @property
+    def catalogue(self) -> ModelTable:
+        return self.table
+
+    def add_retire_gate(self, gate: Callable[[ModelVersion, float], Awaitable[None]]) -> None:
+        """`gate(version, timeout_s)` is awaited before a retiring version is freed."""
+        self._retire_gates.append(gate)
+
+    async def start(self, names: list[str] | None, warm: Callable[[], None]) -> None:
+        """Start-up: load the models (`load_all`), then `warm` (in a thread); `started` turns true
+        after both, `load_error` says why when loading failed. A shutdown meanwhile stops it."""
+        try:
+            await self.load_all(names)
+            if self.stopping:
+                log.info("loading stopped: the server is shutting down")
+                return
+            await asyncio.to_thread(warm)
+            self.started = True
+        except Exception as exc:
+            self.load_error = str(exc)
+            log.error("loading models failed: %s", exc)
+            raise
 
     # -- reading ---------------------------------------------------------------------------
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
-        """Called (on the event loop) after every change of a model's state."""
-        self._listeners.append(listener)
-
     def _changed(self, name: str) -> None:
-        slot = self.slots.get(name)
+        slot = self.table.slots.get(name)
         if self._on_ready is not None and slot is not None:
             self._on_ready(name, slot.ready)
-        for listener in list(self._listeners):
-            try:
-                listener()
-            except Exception:
-                log.exception("a registry listener failed")
-
-    def versions(self) -> Iterator[ModelVersion]:
-        """Every loaded version (ready or draining)."""
-        for slot in list(self.slots.values()):
-            yield from list(slot.loaded.values())
-
-    def serving(self) -> list[ModelVersion]:
-        """The version each model serves by default, by name."""
-        return [v for slot in sorted(self.slots.values(), key=lambda s: s.name) if (v := slot.serving())]
-
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        slot = self.slots.get(name)
-        if slot is None:
-            return False
-        if not version:
-            return slot.ready
-        loaded = slot.loaded.get(version)
-        return bool(loaded and loaded.ready)
-
-    @property
-    def all_ready(self) -> bool:
-        """Some model serves, and every model with a loaded version serves (a model that is loading
-        for the first time, failed, or was unloaded does not make the server unready)."""
-        loaded = [slot for slot in self.slots.values() if slot.loaded]
-        return bool(loaded) and all(slot.ready for slot in loaded)
-
-    def resolve(self, task: str | None, name: str | None, version: str | None = None) -> ModelVersion:
-        """The version a request names (or the newest ready one), or the only model serving its task."""
-        if name is not None:
-            if not isinstance(name, str):
-                raise ServeError(ErrorKind.BAD_REQUEST, "model must be a string")
-            slot = self.slots.get(name)
-            if slot is None:
-                raise not_loaded(name)
-            found = slot.loaded.get(version) if version else slot.serving()
-            if found is None or not found.ready:
-                raise self._unavailable(slot, version)
-            if task is not None and found.manifest.task != task:
-                raise ServeError(ErrorKind.BAD_REQUEST, f"model '{name}' serves {found.manifest.task}, not {task}")
-            return found
-        candidates = [v for v in self.serving() if v.manifest.task == task]
-        if len(candidates) == 1:
-            return candidates[0]
-        if not candidates:
-            raise ServeError(ErrorKind.NOT_FOUND, f"no loaded model serves {task}")
-        names = ", ".join(v.name for v in candidates)
-        raise ServeError(ErrorKind.BAD_REQUEST, f"several models serve {task} ({names}): name one with 'model'")
-
-    @staticmethod
-    def _unavailable(slot: ModelSlot, version: str | None) -> ServeError:
-        """Why a model that has a slot cannot take this request: 503 while it is loading or its loaded
-        version is unhealthy (worth a retry), 404 when nothing of it is (or will soon be) loaded."""
-        loading = (slot.status.get(version) if version else None) or next(
-            (s for s in slot.status.values() if s.state is State.LOADING), None
-        )
-        if loading is not None and loading.state is State.LOADING:
-            what = f"model '{slot.name}'" + (f" version {version}" if version else "")
-            return ServeError(ErrorKind.UNAVAILABLE, f"{what} is still loading", retry_after_s=1.0)
-        serving = [v for v in slot.loaded.values() if not v.retiring and (not version or v.version == version)]
-        if serving:
-            return ServeError(
-                ErrorKind.UNAVAILABLE, f"model '{slot.name}' is not ready (its model runs fail)", retry_after_s=1.0
-            )
-        return not_loaded(slot.name, version)
+        self.table.changed()
 
     def index(self, ready_only: bool = False) -> list[dict[str, str]]:
         """Triton's repository index: every model of the repository and every version the server
@@ -178,7 +104,7 @@ class ModelRegistry:
                     "state": State.UNAVAILABLE.value,
                     "reason": "not loaded" if version in selected else "not selected by the version policy",
                 }
-        for name, slot in self.slots.items():
+        for name, slot in self.table.slots.items():
             for version, status in slot.status.items():
                 entries[(name, version)] = {
                     "name": name,
@@ -201,6 +127,14 @@ class ModelRegistry:
     def heap_tuned(self) -> bool:
         return self.loader.heap_tuned
 
+    def in_repository(self, name: str) -> bool:
+        """Whether the repository holds the model, or this server has known it."""
+        return name in self.table.slots or name in self.scan()
+
+    def version_policy(self, name: str) -> dict[str, Any]:
+        """The model's version policy as Triton's config shows it."""
+        return version_policy(self.repository, self.default_policy, name).describe()
+
     # -- changing --------------------------------------------------------------------------
 
     def scan(self) -> dict[str, RepositoryModel]:
@@ -215,8 +149,8 @@ class ModelRegistry:
         changes: what served before keeps serving; the failure raises ModelLoadError, which says so."""
         if self.stopping:
             raise ServeError(ErrorKind.UNAVAILABLE, "server is shutting down")
-        slot = self.slots.get(name) or self.slots.setdefault(name, ModelSlot(name))
-        async with slot.lock:
+        slot = self.table.slot(name)
+        async with self._lock(name):
             model = self.scan().get(name)
             if model is None:
                 raise self._failed(slot, f"model '{name}' is not in the repository {self.repository}")
@@ -241,6 +175,9 @@ class ModelRegistry:
                 serving = f" (versions {', '.join(sorted(slot.loaded, key=int))} still serve)" if slot.loaded else ""
                 raise ModelLoadError("; ".join(f"version {v}: {why}" for v, why in failures.items()) + serving)
             return sorted(slot.loaded, key=int)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.get(name) or self._locks.setdefault(name, asyncio.Lock())
 
     def _failed(self, slot: ModelSlot, reason: str) -> ModelLoadError:
         """Record a load that could not even start (nothing changes in what serves)."""
@@ -292,10 +229,10 @@ class ModelRegistry:
     async def unload(self, name: str) -> None:
         """Stop serving every version of a model: new requests get 404 at once, accepted ones are
         answered (bounded by the unload timeout), then the memory is released."""
-        slot = self.slots.get(name)
+        slot = self.table.slots.get(name)
         if slot is None:
             raise not_loaded(name)
-        async with slot.lock:
+        async with self._lock(name):
             await self._retire(slot, list(slot.loaded.values()))
             slot.status = {v: VersionStatus(State.UNAVAILABLE, "unloaded") for v in slot.status if v}
             self._changed(name)
@@ -317,8 +254,8 @@ class ModelRegistry:
         await asyncio.to_thread(release_free_heap)
 
     async def _release(self, slot: ModelSlot, version: ModelVersion) -> None:
-        if self.retire_hook is not None:
-            await self.retire_hook(version, self.unload_timeout_s)
+        for gate in self._retire_gates:
+            await gate(version, self.unload_timeout_s)
         if not await version.wait_released(self.unload_timeout_s):
             log.warning(
                 "model %s version %s: %d requests still held it after %.0fs; stopping it anyway",
@@ -331,7 +268,7 @@ class ModelRegistry:
         version.runtime.close()
         if slot.loaded.get(version.version) is version:
             del slot.loaded[version.version]
-        self.loader.forget_unused_tokenizers([v.tokenizers for v in self.versions() if v is not version])
+        self.loader.forget_unused_tokenizers([v.tokenizers for v in self.table.versions() if v is not version])
         log.info("model %s version %s released", slot.name, version.version)
 
     async def load_all(self, names: list[str] | None = None) -> None:
@@ -352,11 +289,11 @@ class ModelRegistry:
     async def poll(self) -> None:
         """Poll mode: load what is new or changed in the repository, unload what left it."""
         available = self.scan()
-        for name in sorted(n for n, slot in self.slots.items() if slot.loaded and n not in available):
+        for name in sorted(n for n, slot in self.table.slots.items() if slot.loaded and n not in available):
             with contextlib.suppress(ServeError):
                 await self.unload(name)
         for name, model in sorted(available.items()):
-            slot = self.slots.get(name)
+            slot = self.table.slots.get(name)
             if slot is not None and not self._changed_on_disk(slot, model):
                 continue
             try:
@@ -379,7 +316,7 @@ class ModelRegistry:
         """Shutdown: every batcher finishes what it accepted (bounded), then stops."""
         self.stopping = True
         await asyncio.gather(
-            *(v.batcher.stop(drain_timeout_s=timeout_s) for v in self.versions()), return_exceptions=True
+            *(v.batcher.stop(drain_timeout_s=timeout_s) for v in self.table.versions()), return_exceptions=True
         )
 
 

@@ -183,3 +183,9 @@ def _scan_model(directory: Path, default_policy: VersionPolicy) -> RepositoryMod
     if not model.versions:
         model.problems.append(f"{directory.name} has version directories but none holds a {MANIFEST_FILE} yet")
     return model
+
+
+def version_policy(repository: Path, default_policy: VersionPolicy, name: str) -> VersionPolicy:
+    """The policy a model's versions are selected by (its config's, else the server's default)."""
+    model = scan(repository, default_policy).get(name)
+    return model.policy if model else default_policy

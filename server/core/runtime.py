@@ -29,8 +29,8 @@ from server.core.manifest import INPUT_NAMES, Manifest, Precision
 log = logging.getLogger(__name__)
 
 
-class ModelRuntime(Protocol):
-    """What the batcher and the server need of a loaded model variant."""
+class RuntimeInfo(Protocol):
+    """What the server shows of a loaded model variant (a worker's mirror has only this)."""
 
     # Read-only here: an implementation may narrow them (onnxruntime's are Device and Precision).
     @property
@@ -39,18 +39,24 @@ class ModelRuntime(Protocol):
     @property
     def precision(self) -> str: ...
 
-    sequence_outputs: tuple[str, ...]
+    @property
+    def sequence_outputs(self) -> tuple[str, ...]: ...
 
     @property
     def providers(self) -> list[str]: ...
+
+    def close(self) -> None:
+        """Release what it holds (sessions, device memory)."""
+
+
+class ModelRuntime(RuntimeInfo, Protocol):
+    """A loaded model variant that runs here: what the loader warms and the batcher calls."""
 
     def run(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray
     ) -> dict[str, np.ndarray]: ...
 
     def warmup(self, buckets: list[tuple[int, int]]) -> float: ...
-
-    def close(self) -> None: ...
 
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]

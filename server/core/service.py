@@ -31,9 +31,9 @@ from server.core.heap import release_free_heap
 from server.core.manifest import Manifest
 from server.core.model import ModelVersion
 from server.core.observer import NullObserver, ServiceObserver
-from server.core.registry import ModelRegistry
 from server.core.rows import RowOutputs
 from server.core.stats import ModelStats
+from server.core.store import ModelStore
 from server.core.tasks.base import Encoded, TaskHandler
 from server.core.timings import Timings
 
@@ -104,15 +104,14 @@ class Call:
 
 
 class InferenceService:
-    def __init__(self, config: CoreConfig, registry: ModelRegistry, observer: ServiceObserver | None = None) -> None:
+    def __init__(self, config: CoreConfig, models: ModelStore, observer: ServiceObserver | None = None) -> None:
         self.config = config
-        self.registry = registry
+        self.models = models  # loading, unloading, the repository index (the repository API's)
+        self.catalogue = models.catalogue  # what front ends read: models, versions, readiness
         self.observer: ServiceObserver = observer or NullObserver()
-        self.stats = ModelStats(self._executions)
+        self.stats = ModelStats(self.catalogue.executions)
         self.bodies = BodyBudget(config.max_body_buffer_bytes)
-        self.loaded = False  # start-up loading finished
         self.draining = False
-        self.load_error: str | None = None
         self._tokenize_pool = ThreadPoolExecutor(config.tokenizer_threads, thread_name_prefix="tokenize")
         self._tokenize_backlog = 0
         self._inflight = 0
@@ -120,28 +119,22 @@ class InferenceService:
         self._idle.set()
         self._trim_timer: asyncio.TimerHandle | None = None
 
-    def _executions(self, model: str, version: str) -> int:
-        slot = self.registry.slots.get(model)
-        loaded = slot.loaded.get(version) if slot else None
-        return loaded.batcher.executions if loaded else 0
-
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def start(self, names: list[str] | None = None) -> None:
         """Load, warm up and start the start-up models; readiness follows only after all of them.
 
         A drain that starts meanwhile (SIGTERM while starting) stops the loading at the next model."""
-        try:
-            await self.registry.load_all(names)
-            if self.draining:
-                log.info("loading stopped: the server is shutting down")
-                return
-            await asyncio.to_thread(self._warm_tokenizers)
-            self.loaded = True
-        except Exception as exc:
-            self.load_error = str(exc)
-            log.error("loading models failed: %s", exc)
-            raise
+        await self.models.start(names, self._warm_tokenizers)
+
+    @property
+    def loaded(self) -> bool:
+        """Start-up loading finished."""
+        return self.models.started
+
+    @property
+    def load_error(self) -> str | None:
+        return self.models.load_error
 
     def _warm_tokenizers(self) -> None:
         """Give every tokenizer thread its own copy of every model's tokenizer before the first request
@@ -149,7 +142,7 @@ class InferenceService:
         threads = self.config.tokenizer_threads
         # The barrier holds each task on its thread until all have started: one task per thread.
         barrier = threading.Barrier(threads)
-        pools = list({id(v.tokenizers): v.tokenizers for v in self.registry.versions()}.values())
+        pools = list({id(v.tokenizers): v.tokenizers for v in self.catalogue.versions()}.values())
 
         def warm() -> None:
             for pool in pools:
@@ -161,12 +154,12 @@ class InferenceService:
 
     @property
     def ready(self) -> bool:
-        return self.loaded and not self.draining and self.registry.all_ready
+        return self.loaded and not self.draining and self.catalogue.all_ready
 
     @property
     def live(self) -> bool:
         """False once a model's batching loop died for good: only a restart helps then."""
-        return all(v.batcher.alive for v in self.registry.versions())
+        return all(v.batcher.alive for v in self.catalogue.versions())
 
     def not_ready_reason(self) -> str:
         """Why readiness is false, without paths or internals (those are in the log)."""
@@ -176,27 +169,25 @@ class InferenceService:
             return "loading the models failed (see the server log)"
         if not self.loaded:
             return "loading"
-        failing = [v.name for v in self.registry.serving() if not v.ready] or [
-            name for name, slot in self.registry.slots.items() if slot.loaded and not slot.ready
-        ]
+        failing = self.catalogue.failing()
         if failing:
-            return f"model(s) not ready: {', '.join(sorted(set(failing)))}"
+            return f"model(s) not ready: {', '.join(failing)}"
         return "no model is loaded"
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self.loaded and not self.draining and self.registry.model_ready(name, version)
+        return self.loaded and not self.draining and self.catalogue.model_ready(name, version)
 
     async def drain(self, timeout_s: float) -> None:
         """Refuse new work, answer every accepted request, then stop the batchers (one budget in all)."""
         self.draining = True
         deadline = time.monotonic() + timeout_s
-        for version in self.registry.versions():
+        for version in self.catalogue.versions():
             self.observer.model_ready(version.name, False)
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             log.warning("drain timeout: %d requests still running", self._inflight)
-        await self.registry.stop(max(0.1, deadline - time.monotonic()))
+        await self.models.stop(max(0.1, deadline - time.monotonic()))
         self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the request wrapper ------------------------------------------------------------------
@@ -292,7 +283,7 @@ class InferenceService:
     async def infer(self, call: Call, request: TaskRequest) -> Result:
         """Validate, tokenize, batch, run and decode one request. Raises ServeError."""
         self._admit()
-        version = self.registry.resolve(request.task, request.model, request.version)
+        version = self.catalogue.resolve(request.task, request.model, request.version)
         call.model, call.version, call.task = version.name, version.version, version.manifest.task
         task = version.task
         is_list = True
@@ -325,7 +316,7 @@ class InferenceService:
         # A full queue refuses before any tokenizing: the work would be thrown away.
         batcher.check_capacity()
         max_rows = min(self.config.max_windows_per_request, batcher.policy.request_rows_limit)
-        if _text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
+        if text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
             encoded = _encode(version, items, params, max_rows)
         else:
             encoded = await self._off_loop(_encode, version, items, params, max_rows)
@@ -366,7 +357,7 @@ class InferenceService:
 
     def _schedule_trim(self) -> None:
         # Where no model runs (an API worker), only large bodies leave heap worth giving back.
-        if not (self.registry.heap_tuned or self.bodies.large_seen):
+        if not (self.models.heap_tuned or self.bodies.large_seen):
             return
         self.bodies.large_seen = False
         if self._trim_timer is not None:
@@ -380,7 +371,7 @@ class InferenceService:
             self._tokenize_pool.submit(release_free_heap)
 
 
-def _text_chars(items: list[Any], limit: int) -> int:
+def text_chars(items: list[Any], limit: int) -> int:
     """Characters of text in a request's items (texts, or tuples of texts: pairs and QA), counted
     until past `limit`."""
     total = 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,7 @@ class SimulatedRuntime:
         self.closed = True
 
 
-def simulated_factory(cost: CostModel):
+def simulated_factory(cost: CostModel) -> Callable[[Path, Manifest, str, str, RuntimeOptions], SimulatedRuntime]:
     """A runtime factory for the loader: no graph is loaded, the manifest says what to answer."""
 
     def make(path: Path, manifest: Manifest, device: str, precision: str, options: RuntimeOptions) -> SimulatedRuntime:

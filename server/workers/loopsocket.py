@@ -24,7 +24,7 @@ HIGH_WATER_MARK = 100_000
 
 
 class LoopSocket:
-    def __init__(self, socket: zmq.Socket, on_message: Callable[[list[zmq.Frame]], None]) -> None:
+    def __init__(self, socket: zmq.Socket[Any], on_message: Callable[[list[zmq.Frame]], None]) -> None:
         self.socket = socket
         socket.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
         socket.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)

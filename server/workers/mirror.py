@@ -1,11 +1,12 @@
 """The API worker's side of the model owner: a mirror of its model table and a batcher that sends
 rows to it.
 
-`MirrorRegistry` is a `ModelRegistry` whose slots are rebuilt from the owner's table (each
-version's manifest and tokenizer read from the same repository on disk), so the service, the
-front ends and readiness work unchanged; loading and unloading are asked of the owner. A version
-the owner retires stops taking requests here at once; once the requests this worker holds on it
-are answered, the worker tells the owner, which frees it only when every worker has.
+`MirrorRegistry` holds this worker's models (the service's `ModelStore`): a model table rebuilt
+from the owner's table (each version's manifest and tokenizer read from the same repository on
+disk), so the service, the front ends and readiness work as in one process; loading and
+unloading are asked of the owner. A version the owner retires stops taking requests here at once;
+once the requests this worker holds on it are answered, the worker tells the owner, which frees it
+only when every worker has.
 
 `RemoteBatcher.submit` sends a request's rows to the owner's batcher for that version and waits
 for their outputs; a cancelled request (client gone, deadline) is cancelled at the owner too.
@@ -19,29 +20,36 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import msgspec
 import zmq
 
 from server.core.batching import SubmitResult
+from server.core.catalogue import ModelSlot, ModelTable, VersionStatus
 from server.core.config import BatchPolicy
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
 from server.core.loader import sha256_hex
 from server.core.manifest import Manifest
 from server.core.model import ModelVersion, State
-from server.core.registry import ModelRegistry, ModelSlot, VersionStatus
-from server.core.repository import VersionPolicy
-from server.core.rows import Row
+from server.core.repository import VersionPolicy, scan, version_policy
+from server.core.rows import Row, RowOutputs
 from server.core.stats import ModelStats
 from server.core.tasks import TASKS
 from server.core.tokenizer import TokenizerPool
+from server.workers import messages as m
 from server.workers import wire
 from server.workers.loopsocket import LoopSocket
 
 log = logging.getLogger("electra.worker")
+
+# The owner's table comes every half second: a worker that hears nothing for six of them turns not
+# ready until the owner speaks again.
+OWNER_SILENCE_S = 3.0
+
+Submitted = tuple[float, float, list[RowOutputs]]  # queue seconds, inference seconds, each row's outputs
 
 
 class OwnerGone(ServeError):
@@ -49,26 +57,11 @@ class OwnerGone(ServeError):
         super().__init__(ErrorKind.UNAVAILABLE, "the model owner is not answering", retry_after_s=1.0)
 
 
-@dataclass
-class VersionInfo:
-    """What the owner says of one loaded version."""
+class VersionView:
+    """The owner's latest word on one loaded version, shared by its remote batcher and runtime."""
 
-    path: str
-    ready: bool = True
-    alive: bool = True
-    retiring: bool = False
-    precision: str = "fp32"
-    device: str = "cpu"
-    providers: list[str] = field(default_factory=list)
-    sequence_outputs: list[str] = field(default_factory=list)
-    policy: dict[str, Any] = field(default_factory=dict)
-    executions: int = 0
-    queue_depth: int = 0
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> VersionInfo:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in value.items() if k in known})
+    def __init__(self, info: m.VersionInfo) -> None:
+        self.info = info
 
 
 class OwnerClient:
@@ -85,31 +78,41 @@ class OwnerClient:
         self._socket = socket
         self._link: LoopSocket | None = None
         self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future[tuple[dict[str, Any], list[Any]]]] = {}
-        self._submitted: dict[int, asyncio.Future[tuple[float, float, list[Any]]]] = {}
-        self._outbox: list[tuple[int, str, str, float | None, Sequence[Row]]] = []
+        self._waiting: dict[int, asyncio.Future[m.Reply]] = {}
+        self._submitted: dict[int, asyncio.Future[Submitted]] = {}
+        self._outbox: list[tuple[m.SubmittedRequest, Sequence[Row]]] = []
         self._cancels: list[int] = []
         self._flush_scheduled = False
-        self.on_table: Any = None
-        self.on_stats_query: Any = None
-        self.last_heard = time.monotonic()  # the owner's table comes every half second
+        self.on_table: Callable[[m.Table], None] | None = None
+        self.on_stats_query: Callable[[], list[dict[str, Any]]] | None = None
+        self.last_heard = time.monotonic()
+        self._handlers: dict[type[m.Message], Callable[[Any, list[zmq.Frame]], None]] = {
+            m.Results: self._results,
+            m.Errors: self._errors,
+            m.Table: self._table,
+            m.StatsQuery: self._stats_query,
+            m.Reply: self._reply,
+        }
 
     def start(self) -> None:
         self._link = LoopSocket(self._socket, self._on_message)
 
-    def send(self, head: dict[str, Any], *buffers: Any) -> None:
+    def send(self, message: m.Message, *buffers: Any) -> None:
         """Without waiting: what the socket cannot take now waits in the link's queue."""
         if self._link is None:
             raise OwnerGone()
-        self._link.send(wire.encode(head, *buffers))
+        self._link.send(wire.message_frames(message, *buffers))
+
+    def next_id(self) -> int:
+        return next(self._ids)
 
     def submit(
         self, model: str, version: str, deadline: float | None, rows: Sequence[Row]
-    ) -> tuple[int, asyncio.Future[tuple[float, float, list[Any]]]]:
+    ) -> tuple[int, asyncio.Future[Submitted]]:
         request_id = next(self._ids)
-        future: asyncio.Future[tuple[float, float, list[Any]]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
         self._submitted[request_id] = future
-        self._outbox.append((request_id, model, version, deadline, rows))
+        self._outbox.append((m.SubmittedRequest(request_id, model, version, deadline, len(rows)), rows))
         self._flush_soon()
         return request_id, future
 
@@ -128,51 +131,61 @@ class OwnerClient:
         outbox, self._outbox = self._outbox, []
         cancels, self._cancels = self._cancels, []
         if outbox:
-            head = {"op": "submit", "requests": [[rid, m, v, d, len(rows)] for rid, m, v, d, rows in outbox]}
-            self.send(head, *wire.pack_rows([rows for *_, rows in outbox]))
+            self.send(m.Submit([request for request, _ in outbox]), *wire.pack_rows([rows for _, rows in outbox]))
         if cancels:
-            self.send({"op": "cancel", "ids": cancels})
+            self.send(m.Cancel(cancels))
 
-    async def request(self, head: dict[str, Any], timeout_s: float | None = None) -> tuple[dict[str, Any], list[Any]]:
-        request_id = next(self._ids)
-        future: asyncio.Future[tuple[dict[str, Any], list[Any]]] = asyncio.get_running_loop().create_future()
-        self._waiting[request_id] = future
+    async def request(self, message: m.Control | m.Stats, timeout_s: float | None = None) -> m.Reply:
+        """Send a message whose id came from `next_id()` and wait for its Reply."""
+        future: asyncio.Future[m.Reply] = asyncio.get_running_loop().create_future()
+        self._waiting[message.id] = future
         try:
-            self.send({**head, "id": request_id})
+            self.send(message)
             if timeout_s is None:
                 return await future
             async with asyncio.timeout(timeout_s):
                 return await future
         finally:
-            self._waiting.pop(request_id, None)
+            self._waiting.pop(message.id, None)
 
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         self.last_heard = time.monotonic()
-        head = wire.header(frames[0])
-        op = head.get("op")
-        if op == "results":
-            self._results(head, frames[1:])
-        elif op == "errors":
-            for request_id, kind, message, retry_after_s in head["errors"]:
-                submitted = self._submitted.pop(request_id, None)
-                if submitted is not None and not submitted.done():
-                    submitted.set_exception(ServeError(ErrorKind[kind], message, retry_after_s))
-        elif op == "table" and self.on_table is not None:
-            self.on_table(head)
-        elif op == "stats_query" and self.on_stats_query is not None:
-            self.send({"op": "stats_reply", "query": head["query"], "stats": self.on_stats_query()})
-        elif (future := self._waiting.get(head.get("id", -1))) is not None and not future.done():
-            future.set_result((head, frames[1:]))
+        try:
+            message = m.decode_to_worker(wire.buffer(frames[0]))
+        except msgspec.DecodeError as exc:
+            log.error("a malformed message from the model owner: %s", exc)
+            return
+        self._handlers[type(message)](message, frames[1:])
 
-    def _results(self, head: dict[str, Any], frames: list[Any]) -> None:
-        results = head["results"]
-        outputs = wire.unpack_outputs(head["spec"], frames, [n for *_, lengths in results for n in lengths])
+    def _results(self, message: m.Results, frames: list[zmq.Frame]) -> None:
+        results = message.results
+        outputs = wire.unpack_outputs(message.spec, frames, [n for r in results for n in r.lengths])
         offset = 0
-        for request_id, queue_s, inference_s, lengths in results:
-            submitted = self._submitted.pop(request_id, None)
+        for result in results:
+            submitted = self._submitted.pop(result.id, None)
+            count = len(result.lengths)
             if submitted is not None and not submitted.done():  # None: cancelled meanwhile
-                submitted.set_result((queue_s, inference_s, outputs[offset : offset + len(lengths)]))
-            offset += len(lengths)
+                submitted.set_result((result.queue_seconds, result.inference_seconds, outputs[offset : offset + count]))
+            offset += count
+
+    def _errors(self, message: m.Errors, frames: list[zmq.Frame]) -> None:
+        for failed in message.errors:
+            submitted = self._submitted.pop(failed.id, None)
+            if submitted is not None and not submitted.done():
+                submitted.set_exception(ServeError(ErrorKind[failed.kind], failed.message, failed.retry_after_s))
+
+    def _table(self, message: m.Table, frames: list[zmq.Frame]) -> None:
+        if self.on_table is not None:
+            self.on_table(message)
+
+    def _stats_query(self, message: m.StatsQuery, frames: list[zmq.Frame]) -> None:
+        if self.on_stats_query is not None:
+            self.send(m.StatsReply(message.query, self.on_stats_query()))
+
+    def _reply(self, message: m.Reply, frames: list[zmq.Frame]) -> None:
+        future = self._waiting.get(message.id)
+        if future is not None and not future.done():
+            future.set_result(message)
 
     def fail_pending(self) -> None:
         """Everything waiting for the owner gets its error now (it is gone)."""
@@ -191,39 +204,36 @@ class OwnerClient:
             self._socket.close(0)
 
 
-def _error(head: dict[str, Any]) -> ServeError:
-    return ServeError(ErrorKind[head["kind"]], head["message"], head.get("retry_after_s"))
-
-
 class RemoteBatcher:
-    """The owner's batcher of one version, as the service sees a batcher."""
+    """The owner's batcher of one version, as the service sees a batcher (`Batcher`)."""
 
-    def __init__(self, client: OwnerClient, name: str, version: str, info: VersionInfo) -> None:
+    def __init__(self, client: OwnerClient, name: str, version: str, view: VersionView) -> None:
         self.client = client
         self.name = f"{name}:{version}"
         self._model, self._version = name, version
-        self.info = info
+        self._view = view
+        info = view.info
         self.policy = BatchPolicy(**info.policy) if info.policy else BatchPolicy()
 
     @property
     def healthy(self) -> bool:
-        return self.info.ready and self.info.alive
+        return self._view.info.ready and self._view.info.alive
 
     @property
     def alive(self) -> bool:
-        return self.info.alive
+        return self._view.info.alive
 
     @property
     def executions(self) -> int:
-        return self.info.executions
+        return self._view.info.executions
 
     @property
     def queue_depth(self) -> int:
-        return self.info.queue_depth
+        return self._view.info.queue_depth
 
     def check_capacity(self) -> None:
         """The owner refuses a full queue itself; this only saves tokenizing when it is known full."""
-        if self.info.queue_depth >= self.policy.max_queue_size:
+        if self._view.info.queue_depth >= self.policy.max_queue_size:
             raise ServeError(
                 ErrorKind.OVERLOADED, f"model {self.name} is overloaded: its queue is full", retry_after_s=1.0
             )
@@ -237,41 +247,42 @@ class RemoteBatcher:
             raise
         return SubmitResult(outputs, queue_s, inference_s)
 
+    def start(self) -> None:
+        """The owner's batcher runs from the owner's start-up on."""
+
     async def stop(self, drain_timeout_s: float = 0.0) -> None:
-        """The owner stops its batchers; nothing to do here."""
+        """The owner stops its batchers (after every worker drained)."""
 
 
 class RemoteRuntime:
-    """What `describe` and the v2 config read of a runtime; models run at the owner."""
+    """What `describe` and the v2 config read of a runtime (`RuntimeInfo`); models run at the owner."""
 
-    def __init__(self, info: VersionInfo) -> None:
-        self.info = info
+    def __init__(self, view: VersionView) -> None:
+        self._view = view
 
     @property
     def precision(self) -> str:
-        return self.info.precision
+        return self._view.info.precision
 
     @property
     def device(self) -> str:
-        return self.info.device
+        return self._view.info.device
 
     @property
     def providers(self) -> list[str]:
-        return self.info.providers
+        return self._view.info.providers
 
     @property
     def sequence_outputs(self) -> tuple[str, ...]:
-        return tuple(self.info.sequence_outputs)
+        return tuple(self._view.info.sequence_outputs)
 
     def close(self) -> None:
-        pass
+        """Nothing of the model is held in this process."""
 
 
-class _NoLoader:
-    heap_tuned = False  # no model runs in this process: nothing to trim for
+class MirrorRegistry:
+    """This worker's `ModelStore`: the owner's table mirrored, and the owner asked for the rest."""
 
-
-class MirrorRegistry(ModelRegistry):
     def __init__(
         self,
         client: OwnerClient,
@@ -280,31 +291,99 @@ class MirrorRegistry(ModelRegistry):
         default_policy: VersionPolicy | None = None,
         unload_timeout_s: float = 30.0,
     ) -> None:
-        super().__init__(_NoLoader(), repository, default_policy=default_policy, unload_timeout_s=unload_timeout_s)  # type: ignore[arg-type]
         self.client = client
+        self.repository = Path(repository)
+        self.default_policy = default_policy or VersionPolicy()
+        self.unload_timeout_s = unload_timeout_s
+        self.table = ModelTable()
+        self._views: dict[tuple[str, str], VersionView] = {}
         self._tokenizers: dict[str, TokenizerPool] = {}
-        self.started = False  # the owner finished its start-up loading
+        self.owner_loaded = False  # the owner finished its start-up loading
         self.owner_draining = False
         self.load_error: str | None = None
+        self._table_seen = asyncio.Event()  # the owner's start-up ended (loaded or failed)
+        self._warmed = False
         self.epoch = -1
-        self.stats: ModelStats | None = None  # this worker's statistics, for the owner to sum
+        self.stopping = False
+
+    # -- ModelStore ------------------------------------------------------------------------
+
+    @property
+    def catalogue(self) -> ModelTable:
+        return self.table
+
+    @property
+    def started(self) -> bool:
+        """The owner loaded its models, this worker warmed its tokenizers, and the owner is heard."""
+        heard = time.monotonic() - self.client.last_heard <= OWNER_SILENCE_S
+        return self.owner_loaded and self._warmed and heard
+
+    @property
+    def heap_tuned(self) -> bool:
+        return False  # no model runs in this process: nothing to trim for
+
+    async def start(self, names: list[str] | None, warm: Callable[[], None]) -> None:
+        """Wait for the owner's start-up (it loads `names`), then warm this worker's tokenizers."""
+        await self._table_seen.wait()
+        if self.load_error:
+            raise RuntimeError(self.load_error)
+        await asyncio.to_thread(warm)
+        self._warmed = True
+
+    def in_repository(self, name: str) -> bool:
+        return name in self.table.slots or name in scan(self.repository, self.default_policy)
+
+    def version_policy(self, name: str) -> dict[str, Any]:
+        return version_policy(self.repository, self.default_policy, name).describe()
+
+    async def load(self, name: str, *, retry_failed: bool = True) -> list[str]:
+        result = await self._control("load", name=name)
+        return list(result)
+
+    async def unload(self, name: str) -> None:
+        await self._control("unload", name=name)
+
+    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return list(await self._control("index", ready=ready_only))
+
+    async def cluster_stats(self) -> ModelStats | None:
+        """Every worker's statistics summed (each worker counts the requests it answered)."""
+        answer = await self.client.request(m.Stats(self.client.next_id()), timeout_s=10)
+        merged = ModelStats(self.table.executions)
+        merged.merge(answer.stats)
+        return merged
+
+    async def stop(self, timeout_s: float) -> None:
+        """The owner stops the batchers (after every worker has drained)."""
+        self.stopping = True
+
+    async def _control(self, action: Literal["load", "unload", "index"], name: str = "", ready: bool = False) -> Any:
+        control = m.Control(self.client.next_id(), action, name, ready)
+        answer = await self.client.request(control, timeout_s=600)
+        if answer.ok:
+            return answer.result
+        if answer.load_error:
+            raise ModelLoadError(answer.message)
+        raise ServeError(ErrorKind[answer.kind], answer.message, answer.retry_after_s)
 
     # -- the owner's table -----------------------------------------------------------------
 
-    def apply(self, table: dict[str, Any]) -> None:
-        if table["epoch"] <= self.epoch:
+    def apply(self, table: m.Table) -> None:
+        if table.epoch <= self.epoch:
             return
-        self.epoch = table["epoch"]
-        self.started, self.owner_draining, self.load_error = table["loaded"], table["draining"], table["load_error"]
-        for name, model in table["models"].items():
-            slot = self.slots.get(name) or self.slots.setdefault(name, ModelSlot(name))
-            slot.status = {v: VersionStatus(State(state), reason) for v, (state, reason) in model["status"].items()}
-            for version, raw in model["versions"].items():
-                info = VersionInfo.from_json(raw)
+        self.epoch = table.epoch
+        self.owner_loaded, self.owner_draining, self.load_error = table.loaded, table.draining, table.load_error
+        if table.loaded or table.load_error:
+            self._table_seen.set()
+        slots = self.table.slots
+        for name, model in table.models.items():
+            slot = self.table.slot(name)
+            slot.status = {v: VersionStatus(State(state), reason) for v, (state, reason) in model.status.items()}
+            for version, info in model.versions.items():
                 current = slot.loaded.get(version)
-                if current is not None and str(current.path) == info.path and not current.retiring:
-                    current.batcher.info = info  # type: ignore[attr-defined]
-                    current.runtime.info = info  # type: ignore[attr-defined]
+                view = self._views.get((name, version))
+                if current is not None and view is not None and str(current.path) == info.path and not current.retiring:
+                    view.info = info
                     if info.retiring:
                         self._retire_here(slot, current)
                     continue
@@ -318,20 +397,20 @@ class MirrorRegistry(ModelRegistry):
                 if current is not None:
                     self._retire_here(slot, current)
                 slot.loaded[version] = fresh
-            for version in [v for v in slot.loaded if v not in model["versions"]]:
+            for version in [v for v in slot.loaded if v not in model.versions]:
                 self._retire_here(slot, slot.loaded[version])
-        for name in [n for n in self.slots if n not in table["models"]]:
-            for version in list(self.slots[name].loaded.values()):
-                self._retire_here(self.slots[name], version)
-        for listener in list(self._listeners):
-            listener()
+        for name in [n for n in slots if n not in table.models]:
+            for gone in list(slots[name].loaded.values()):
+                self._retire_here(slots[name], gone)
+        self.table.changed()
 
-    def _version(self, name: str, version: str, info: VersionInfo) -> ModelVersion:
+    def _version(self, name: str, version: str, info: m.VersionInfo) -> ModelVersion:
         path = Path(info.path)
         manifest = Manifest.read(path)
         data = (path / manifest.tokenizer).read_bytes()
         digest = sha256_hex(data)
         pool = self._tokenizers.get(digest) or self._tokenizers.setdefault(digest, TokenizerPool(data.decode("utf-8")))
+        view = self._views[(name, version)] = VersionView(info)
         return ModelVersion(
             name=name,
             version=version,
@@ -339,8 +418,8 @@ class MirrorRegistry(ModelRegistry):
             manifest=manifest,
             task=TASKS[manifest.task],
             tokenizers=pool,
-            runtime=RemoteRuntime(info),  # type: ignore[arg-type]
-            batcher=RemoteBatcher(self.client, name, version, info),  # type: ignore[arg-type]
+            runtime=RemoteRuntime(view),
+            batcher=RemoteBatcher(self.client, name, version, view),
         )
 
     def _retire_here(self, slot: ModelSlot, version: ModelVersion) -> None:
@@ -355,47 +434,7 @@ class MirrorRegistry(ModelRegistry):
         if slot.loaded.get(version.version) is version:
             del slot.loaded[version.version]
         with contextlib.suppress(Exception):
-            self.client.send(
-                {"op": "release", "model": version.name, "version": version.version, "path": str(version.path)}
-            )
-
-    # -- what only the owner can do --------------------------------------------------------
-
-    async def _control(self, op: str, **args: Any) -> Any:
-        answer, _ = await self.client.request({"op": "control", "action": op, **args}, timeout_s=600)
-        if answer.get("ok"):
-            return answer.get("result")
-        if answer.get("load_error"):
-            raise ModelLoadError(answer["message"])
-        raise _error(answer)
-
-    async def load(self, name: str, *, retry_failed: bool = True) -> list[str]:
-        return await self._control("load", name=name)
-
-    async def unload(self, name: str) -> None:
-        await self._control("unload", name=name)
-
-    async def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
-        return await self._control("index", ready=ready_only)
-
-    async def poll(self) -> None:
-        """The owner polls the repository."""
-
-    async def stop(self, timeout_s: float) -> None:
-        """The owner stops the batchers (after every worker has drained)."""
-        self.stopping = True
-
-    async def cluster_stats(self) -> ModelStats | None:
-        """Every worker's statistics summed (each worker counts the requests it answered)."""
-        answer, _ = await self.client.request({"op": "stats"}, timeout_s=10)
-        merged = ModelStats(self._executions)
-        merged.merge(answer["stats"])
-        return merged
-
-    def _executions(self, model: str, version: str) -> int:
-        slot = self.slots.get(model)
-        loaded = slot.loaded.get(version) if slot else None
-        return loaded.batcher.executions if loaded else 0
+            self.client.send(m.Release(version.name, version.version, str(version.path)))
 
 
 def worker_identity(index: int) -> str:

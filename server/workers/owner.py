@@ -1,5 +1,6 @@
 """The model owner of the multi-process front end: the registry (every loaded version, its runtime
-and batcher) behind one ZeroMQ ROUTER socket that the API workers talk to.
+and batcher) behind one ZeroMQ ROUTER socket that the API workers talk to (the messages are the
+structs of `messages`, one handler each).
 
 - `submit`: requests (their rows) for versions' batchers; answers carry the outputs, or the error
   table's kind and message. A request holds a lease on its version while it runs, like a local
@@ -23,19 +24,20 @@ import contextlib
 import functools
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
+import msgspec
 import zmq
 
-from server.core.batching import DynamicBatcher
+from server.core.batching import DynamicBatcher, SubmitResult
 from server.core.batching.queue import QueuedRequest
 from server.core.errors import ErrorKind, ModelLoadError, ServeError
 from server.core.model import ModelVersion
 from server.core.registry import ModelRegistry
 from server.core.stats import ModelStats
+from server.workers import messages as m
 from server.workers import wire
 from server.workers.loopsocket import LoopSocket
 
@@ -56,14 +58,21 @@ class ModelOwner:
         self.registry = registry
         self.address = address
         self.workers: dict[bytes, WorkerLink] = {}
-        self.loaded = False
-        self.load_error: str | None = None
         self.draining = False
         self._epoch = itertools.count(1)
-        self._last_table: dict[str, Any] | None = None
+        self._last_table: m.Table | None = None
         self._released = asyncio.Event()
         self._queries = itertools.count(1)
         self._stats_answers: dict[int, tuple[set[bytes], list[list[dict[str, Any]]], asyncio.Event]] = {}
+        self._handlers: dict[type[m.Message], Callable[[WorkerLink, Any, Sequence[Any]], None]] = {
+            m.Hello: lambda link, message, frames: None,
+            m.Submit: self._submit,
+            m.Cancel: self._cancel,
+            m.Release: self._release,
+            m.Control: lambda link, message, frames: self._start(self._control(link, message)),
+            m.Stats: lambda link, message, frames: self._start(self._stats(link, message)),
+            m.StatsReply: self._stats_reply,
+        }
         socket: zmq.Socket[Any] = zmq.Context.instance().socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown identity is an error, not a silent drop
@@ -71,11 +80,12 @@ class ModelOwner:
         self._socket = socket
         self._link: LoopSocket | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._results: dict[tuple[bytes, bytes], list[tuple[int, list[int], Any]]] = {}
-        self._errors: dict[bytes, list[list[Any]]] = {}
+        # Answers of this turn of the event loop, by worker and output shape.
+        self._results: dict[tuple[bytes, tuple[Any, ...]], list[tuple[int, list[int], SubmitResult]]] = {}
+        self._errors: dict[bytes, list[m.Failed]] = {}
         self._flush_scheduled = False
-        registry.subscribe(self._publish_soon)
-        registry.retire_hook = self.wait_released
+        registry.catalogue.subscribe(self._publish_soon)
+        registry.add_retire_gate(self.wait_released)
 
     # -- the socket ------------------------------------------------------------------------
 
@@ -89,15 +99,23 @@ class ModelOwner:
     def _on_message(self, frames: list[zmq.Frame]) -> None:
         identity = frames[0].bytes
         try:
-            self._dispatch(identity, wire.header(frames[1]), frames[2:])
+            message = m.decode_to_owner(wire.buffer(frames[1]))
+        except msgspec.DecodeError as exc:
+            log.warning("a malformed message from worker %s: %s", identity.decode(errors="replace"), exc)
+            return
+        try:
+            self._dispatch(identity, message, frames[2:])
         except Exception:  # a bad message must not stop the owner
             log.exception("a message from worker %s could not be handled", identity)
 
-    def _send(self, identity: bytes, head: dict[str, Any], *buffers: Any) -> None:
+    def _send(self, identity: bytes, message: m.Message, *buffers: Any) -> None:
         """Without waiting: a message the socket cannot take now waits in the link's queue; one to a
         worker that went away (EHOSTUNREACH) is logged and dropped."""
         if self._link is not None:
-            self._link.send([identity, *wire.encode(head, *buffers)])
+            self._link.send([identity, *wire.message_frames(message, *buffers)])
+
+    def _start(self, coroutine: Any) -> None:
+        self._spawn(coroutine)
 
     def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -105,53 +123,49 @@ class ModelOwner:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _dispatch(self, identity: bytes, head: dict[str, Any], frames: Sequence[Any]) -> None:
-        op = head.get("op")
+    def _dispatch(self, identity: bytes, message: m.ToOwner, frames: Sequence[Any]) -> None:
         link = self.workers.get(identity)
         if link is None:
             link = self.workers[identity] = WorkerLink(identity)
             log.info("worker %s connected", identity.decode(errors="replace"))
             self._send(identity, self.table())
-        if op == "submit":
-            self._submit(link, head, frames)
-        elif op == "cancel":
-            for request_id in head["ids"]:
-                entry = link.pending.get(request_id)
-                if entry is not None:
-                    local_batcher(entry[0]).abandon(entry[1])
-        elif op == "release":
-            link.holds.discard((head["model"], head["version"], head["path"]))
-            self._released.set()
-        elif op == "control":
-            self._spawn(self._control(link, head))
-        elif op == "stats":
-            self._spawn(self._stats(link, head))
-        elif op == "stats_reply":
-            waiting = self._stats_answers.get(head["query"])
-            if waiting is not None:
-                pending, answers, done = waiting
-                pending.discard(identity)
-                answers.append(head["stats"])
-                if not pending:
-                    done.set()
-        elif op != "hello":
-            log.warning("unknown message %r from worker %s", op, identity)
+        self._handlers[type(message)](link, message, frames)
+
+    def _cancel(self, link: WorkerLink, message: m.Cancel, frames: Sequence[Any]) -> None:
+        for request_id in message.ids:
+            entry = link.pending.get(request_id)
+            if entry is not None:
+                local_batcher(entry[0]).abandon(entry[1])
+
+    def _release(self, link: WorkerLink, message: m.Release, frames: Sequence[Any]) -> None:
+        link.holds.discard((message.model, message.version, message.path))
+        self._released.set()
+
+    def _stats_reply(self, link: WorkerLink, message: m.StatsReply, frames: Sequence[Any]) -> None:
+        waiting = self._stats_answers.get(message.query)
+        if waiting is not None:
+            pending, answers, done = waiting
+            pending.discard(link.identity)
+            answers.append(message.stats)
+            if not pending:
+                done.set()
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _submit(self, link: WorkerLink, head: dict[str, Any], frames: Sequence[Any]) -> None:
+    def _submit(self, link: WorkerLink, message: m.Submit, frames: Sequence[Any]) -> None:
         """Every request of the message into its version's batcher; each answers from a callback."""
-        requests = head["requests"]
+        requests = message.requests
         try:
-            rows = wire.unpack_rows(frames, [r[4] for r in requests])
+            rows = wire.unpack_rows(frames, [r.rows for r in requests])
         except ValueError as exc:
             for request in requests:
-                self._fail(link, request[0], ServeError(ErrorKind.INTERNAL, f"malformed rows from a worker: {exc}"))
+                self._fail(link, request.id, ServeError(ErrorKind.INTERNAL, f"malformed rows from a worker: {exc}"))
             return
-        for (request_id, model, version_name, deadline, _), request_rows in zip(requests, rows, strict=True):
+        for request, request_rows in zip(requests, rows, strict=True):
+            request_id = request.id
             try:
-                version = self._version(model, version_name)
-                queued = local_batcher(version).enqueue(request_rows, deadline)
+                version = self._version(request.model, request.version)
+                queued = local_batcher(version).enqueue(request_rows, request.deadline)
             except ServeError as error:
                 self._fail(link, request_id, error)
                 continue
@@ -175,16 +189,15 @@ class ModelOwner:
                 error = ServeError(ErrorKind.INTERNAL, "the model owner failed")
             self._fail(link, request_id, error)
             return
-        result = future.result()
+        result: SubmitResult = future.result()
         spec = wire.output_spec(result.outputs[0], frozenset(version.runtime.sequence_outputs))
-        key = (link.identity, orjson.dumps(spec))
+        key = (link.identity, tuple((name, sequence, tuple(tail)) for name, sequence, tail in spec))
         self._results.setdefault(key, []).append((request_id, lengths, result))
         self._flush_soon()
 
     def _fail(self, link: WorkerLink, request_id: int, error: ServeError) -> None:
-        self._errors.setdefault(link.identity, []).append(
-            [request_id, error.kind.name, error.message, error.retry_after_s]
-        )
+        failed = m.Failed(request_id, error.kind.name, error.message, error.retry_after_s)
+        self._errors.setdefault(link.identity, []).append(failed)
         self._flush_soon()
 
     def _flush_soon(self) -> None:
@@ -197,45 +210,43 @@ class ModelOwner:
         self._flush_scheduled = False
         results, self._results = self._results, {}
         errors, self._errors = self._errors, {}
-        for (identity, spec_json), answered in results.items():
-            spec = orjson.loads(spec_json)
+        for (identity, key), answered in results.items():
+            spec = [(name, sequence, list(tail)) for name, sequence, tail in key]
             # Each result says its rows' lengths: the worker may have given the request up meanwhile.
-            head = {"op": "results", "spec": spec,
-                    "results": [[rid, r.queue_seconds, r.inference_seconds, n] for rid, n, r in answered]}  # fmt: skip
+            done = [m.Answered(rid, r.queue_seconds, r.inference_seconds, n) for rid, n, r in answered]
             rows = [row for _, _, r in answered for row in r.outputs]
-            self._send(identity, head, *wire.pack_outputs(spec, rows))
+            self._send(identity, m.Results(spec, done), *wire.pack_outputs(spec, rows))
         for identity, failed in errors.items():
-            self._send(identity, {"op": "errors", "errors": failed})
+            self._send(identity, m.Errors(failed))
 
     def _version(self, model: str, version: str) -> ModelVersion:
         # A retiring version still takes the requests of workers that resolved it before they saw
         # the new table: it is freed only after every worker released it.
-        slot = self.registry.slots.get(model)
+        slot = self.registry.table.slots.get(model)
         found = slot.loaded.get(version) if slot else None
         if found is None:
             raise ServeError(ErrorKind.UNAVAILABLE, f"model '{model}' version {version} is not loaded", 1.0)
         return found
 
-    async def _control(self, link: WorkerLink, head: dict[str, Any]) -> None:
-        action, request_id = head["action"], head["id"]
+    async def _control(self, link: WorkerLink, message: m.Control) -> None:
         try:
-            if action == "load":
-                result: Any = await self.registry.load(head["name"])
-            elif action == "unload":
-                await self.registry.unload(head["name"])
-                result = None
-            elif action == "index":
-                result = self.registry.index(bool(head.get("ready")))
+            result: Any = None
+            if message.action == "load":
+                result = await self.registry.load(message.name)
+            elif message.action == "unload":
+                await self.registry.unload(message.name)
             else:
-                raise ServeError(ErrorKind.BAD_REQUEST, f"unknown control action {action!r}")
-            self._send(link.identity, {"op": "reply", "id": request_id, "ok": True, "result": result})
+                result = self.registry.index(message.ready)
+            self._send(link.identity, m.Reply(message.id, ok=True, result=result))
         except ModelLoadError as exc:
-            self._send(link.identity, {"op": "reply", "id": request_id, "ok": False, "load_error": True,
-                                             "message": str(exc)})  # fmt: skip
+            self._send(link.identity, m.Reply(message.id, ok=False, load_error=True, message=str(exc)))
         except ServeError as error:
-            self._send(link.identity, {**_error(request_id, error), "op": "reply", "ok": False})
+            reply = m.Reply(
+                message.id, False, kind=error.kind.name, message=error.message, retry_after_s=error.retry_after_s
+            )
+            self._send(link.identity, reply)
 
-    async def _stats(self, link: WorkerLink, head: dict[str, Any]) -> None:
+    async def _stats(self, link: WorkerLink, message: m.Stats) -> None:
         query = next(self._queries)
         pending = set(self.workers)
         answers: list[list[dict[str, Any]]] = []
@@ -243,7 +254,7 @@ class ModelOwner:
         self._stats_answers[query] = (pending, answers, done)
         try:
             for identity in list(pending):
-                self._send(identity, {"op": "stats_query", "query": query})
+                self._send(identity, m.StatsQuery(query))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(2.0):
                     await done.wait()
@@ -252,26 +263,28 @@ class ModelOwner:
         merged = ModelStats(lambda model, version: 0)
         for snapshot in answers:
             merged.merge(snapshot)
-        self._send(link.identity, {"op": "reply", "id": head["id"], "ok": True, "stats": merged.snapshot()})
+        self._send(link.identity, m.Reply(message.id, ok=True, stats=merged.snapshot()))
 
     # -- the table --------------------------------------------------------------------------
 
-    def table(self) -> dict[str, Any]:
-        models: dict[str, Any] = {}
-        for name, slot in self.registry.slots.items():
-            models[name] = {
-                "status": {v: [s.state.value, s.reason] for v, s in slot.status.items()},
-                "versions": {v.version: _describe(v) for v in slot.loaded.values()},
-            }
-        body = {"loaded": self.loaded, "draining": self.draining, "load_error": self.load_error, "models": models}
-        return {"op": "table", "epoch": next(self._epoch), **body}
+    def table(self) -> m.Table:
+        models = {
+            name: m.ModelEntry(
+                status={v: (s.state.value, s.reason) for v, s in slot.status.items()},
+                versions={v.version: describe(v) for v in slot.loaded.values()},
+            )
+            for name, slot in self.registry.table.slots.items()
+        }
+        registry = self.registry
+        load_error = "loading the models failed (see the server log)" if registry.load_error else None
+        return m.Table(next(self._epoch), registry.started, self.draining, load_error, models)
 
     def _publish_soon(self) -> None:
         self._spawn(self.publish())
 
     async def publish(self, force: bool = False) -> None:
         table = self.table()
-        comparable = {k: v for k, v in table.items() if k != "epoch"}
+        comparable = msgspec.structs.replace(table, epoch=0)
         if not force and comparable == self._last_table:
             return
         self._last_table = comparable
@@ -333,23 +346,18 @@ def local_batcher(version: ModelVersion) -> DynamicBatcher:
     return batcher
 
 
-def _error(request_id: int, error: ServeError) -> dict[str, Any]:
-    return {"op": "error", "id": request_id, "kind": error.kind.name, "message": error.message,
-            "retry_after_s": error.retry_after_s}  # fmt: skip
-
-
-def _describe(version: ModelVersion) -> dict[str, Any]:
+def describe(version: ModelVersion) -> m.VersionInfo:
     batcher, runtime = version.batcher, version.runtime
-    return {
-        "path": str(version.path),
-        "ready": batcher.healthy,
-        "alive": batcher.alive,
-        "retiring": version.retiring,
-        "precision": runtime.precision,
-        "device": runtime.device,
-        "providers": list(runtime.providers),
-        "sequence_outputs": list(runtime.sequence_outputs),
-        "policy": asdict(batcher.policy),
-        "executions": batcher.executions,
-        "queue_depth": batcher.queue_depth,
-    }
+    return m.VersionInfo(
+        path=str(version.path),
+        ready=batcher.healthy,
+        alive=batcher.alive,
+        retiring=version.retiring,
+        precision=runtime.precision,
+        device=runtime.device,
+        providers=list(runtime.providers),
+        sequence_outputs=list(runtime.sequence_outputs),
+        policy=asdict(batcher.policy),
+        executions=batcher.executions,
+        queue_depth=batcher.queue_depth,
+    )

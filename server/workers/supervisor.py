@@ -23,6 +23,7 @@ from pathlib import Path
 
 from server.assembly import assemble
 from server.ports import PortInUse, check_ports_free, free_port
+from server.runner import poll_repository
 from server.settings import Settings
 from server.state_file import remove_state, write_state
 from server.workers.owner import ModelOwner
@@ -89,7 +90,7 @@ def _mark_dead(pid: int) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]  # prometheus_client is untyped here
 
 
 async def supervise(settings: Settings, repository: Path, argv: list[str]) -> int:
@@ -116,18 +117,15 @@ async def supervise(settings: Settings, repository: Path, argv: list[str]) -> in
 
     async def load() -> None:
         try:
-            await parts.registry.load_all(settings.start_models())
-            owner.loaded = True
+            # The workers warm their own tokenizers: nothing to warm in the owner.
+            await parts.registry.start(settings.start_models(), warm=lambda: None)
         except Exception as exc:
-            owner.load_error = "loading the models failed (see the server log)"
             log.error("no models could be served: %s", exc)
             stop.set()
         await owner.publish(force=True)
 
     async def poll() -> None:
-        from server.runner import _poll
-
-        await _poll(parts.registry, settings.repository_poll_secs, stop)
+        await poll_repository(parts.registry, settings.repository_poll_secs, stop)
 
     tasks = [asyncio.create_task(owner.run(), name="owner"), asyncio.create_task(load(), name="load")]
     tasks += [asyncio.create_task(workers.keep(i), name=f"worker-{i}") for i in range(settings.workers)]
@@ -155,4 +153,4 @@ async def supervise(settings: Settings, repository: Path, argv: list[str]) -> in
         os.unlink(f"{socket_dir}/owner.sock")
         os.rmdir(socket_dir)
     log.info("stopped")
-    return 1 if owner.load_error else 0
+    return 1 if parts.registry.load_error else 0

@@ -1,5 +1,6 @@
 """What travels between the API worker processes and the model owner, over ZeroMQ multipart
-messages: one JSON header frame, then raw numpy buffers (sent and received without copies).
+messages: one header frame (a typed message of `messages`), then raw numpy buffers (sent and
+received without copies).
 
 Messages carry many requests at once: each side gathers what it has to send during one turn of
 its event loop and sends it as one message, so the cost of a message (a system call, an event-loop
@@ -16,30 +17,24 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import orjson
 
 from server.core.rows import Row, RowOutputs
+from server.workers.messages import Message, encode
 
 Frames = list[Any]  # bytes, memoryview or numpy arrays (anything with the buffer interface)
 
 # How the supervisor tells each API worker where its owner listens, and which worker it is.
 OWNER_ENV = "ELECTRA_INTERNAL_OWNER"
 INDEX_ENV = "ELECTRA_INTERNAL_WORKER"
-# A worker that hears nothing from the owner for this long (six table periods) turns not ready
-# until it speaks again.
-OWNER_SILENCE_S = 3.0
 
 
-def _buffer(frame: Any) -> Any:
+def buffer(frame: Any) -> Any:
+    """The bytes of a received frame, without a copy."""
     return frame.buffer if hasattr(frame, "buffer") else frame
 
 
-def header(frame: Any) -> dict[str, Any]:
-    return orjson.loads(_buffer(frame))
-
-
-def encode(head: dict[str, Any], *buffers: Any) -> Frames:
-    return [orjson.dumps(head, option=orjson.OPT_NON_STR_KEYS), *buffers]
+def message_frames(message: Message, *buffers: Any) -> Frames:
+    return [encode(message), *buffers]
 
 
 def pack_rows(requests: Sequence[Sequence[Row]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -53,9 +48,9 @@ def pack_rows(requests: Sequence[Sequence[Row]]) -> tuple[np.ndarray, np.ndarray
 
 def unpack_rows(frames: Sequence[Any], counts: Sequence[int]) -> list[list[Row]]:
     """Each request's rows (`counts[i]` of them), as views on the received buffers."""
-    lengths = np.frombuffer(_buffer(frames[0]), dtype=np.int32)
-    ids = np.frombuffer(_buffer(frames[1]), dtype=np.int32)
-    types = np.frombuffer(_buffer(frames[2]), dtype=np.uint8)
+    lengths = np.frombuffer(buffer(frames[0]), dtype=np.int32)
+    ids = np.frombuffer(buffer(frames[1]), dtype=np.int32)
+    types = np.frombuffer(buffer(frames[2]), dtype=np.uint8)
     if sum(counts) != lengths.size or int(lengths.sum()) != ids.size or ids.size != types.size or (lengths <= 0).any():
         raise ValueError("malformed rows: counts, lengths and token arrays disagree")
     ends = np.cumsum(lengths).tolist()
@@ -70,10 +65,13 @@ def unpack_rows(frames: Sequence[Any], counts: Sequence[int]) -> list[list[Row]]
     return rows
 
 
-def output_spec(outputs: RowOutputs, sequence: frozenset[str]) -> list[list[Any]]:
-    """[name, is_sequence, per-row tail shape] per output, from one row's outputs."""
+OutputSpec = list[tuple[str, bool, list[int]]]
+
+
+def output_spec(outputs: RowOutputs, sequence: frozenset[str]) -> OutputSpec:
+    """(name, is_sequence, per-row tail shape) per output, from one row's outputs."""
     return [
-        [name, name in sequence, list(value.shape[1:] if name in sequence else value.shape)]
+        (name, name in sequence, list(value.shape[1:] if name in sequence else value.shape))
         for name, value in outputs.items()
     ]
 
@@ -91,7 +89,7 @@ def unpack_outputs(spec: Sequence[Sequence[Any]], frames: Sequence[Any], lengths
     rows: list[RowOutputs] = [{} for _ in lengths]
     ends = np.cumsum(lengths).tolist()
     for (name, is_sequence, tail), frame in zip(spec, frames, strict=True):
-        flat = np.frombuffer(_buffer(frame), dtype=np.float32)
+        flat = np.frombuffer(buffer(frame), dtype=np.float32)
         if is_sequence:
             joined = flat.reshape(-1, *tail)
             for i, (end, n) in enumerate(zip(ends, lengths, strict=True)):

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import sys
-import time
 
 from server.api.repository import RepositoryControl
 from server.core.service import InferenceService
@@ -19,18 +18,17 @@ from server.logs import configure
 from server.metrics import Metrics
 from server.runner import Security, listening_socket, run_front, stop_on_signals
 from server.settings import Settings, load_settings
+from server.workers import messages as m
 from server.workers.mirror import MirrorRegistry, OwnerClient, worker_identity
-from server.workers.wire import INDEX_ENV, OWNER_ENV, OWNER_SILENCE_S
+from server.workers.wire import INDEX_ENV, OWNER_ENV
 
 log = logging.getLogger("electra.worker")
 
 
-async def watch_owner(
-    client: OwnerClient, service: InferenceService, registry: MirrorRegistry, stop: asyncio.Event, owner_pid: int
-) -> None:
+async def watch_owner(client: OwnerClient, stop: asyncio.Event, owner_pid: int) -> None:
     """The owner is this worker's parent. Gone (killed, crashed): every waiting request is answered
-    503 and the worker drains and exits, freeing the ports. Silent (its loop stuck): not ready, so
-    that load balancers send requests elsewhere; deadlines still bound what waits."""
+    503 and the worker drains and exits, freeing the ports. (Silent, its loop stuck: the mirror turns
+    not ready, so that load balancers send requests elsewhere; deadlines still bound what waits.)"""
     while not stop.is_set():
         await asyncio.sleep(0.5)
         if os.getppid() != owner_pid:
@@ -38,8 +36,6 @@ async def watch_owner(
             client.fail_pending()
             stop.set()
             return
-        if registry.started:
-            service.loaded = time.monotonic() - client.last_heard <= OWNER_SILENCE_S
 
 
 async def run_worker(settings: Settings, address: str, index: int) -> int:
@@ -52,35 +48,19 @@ async def run_worker(settings: Settings, address: str, index: int) -> int:
     )
     metrics = Metrics()
     service = InferenceService(settings.core_config(), registry, metrics)
-    started = asyncio.Event()
-
-    def on_table(table: dict) -> None:
-        registry.apply(table)
-        service.loaded = registry.started
-        service.load_error = registry.load_error
-        if registry.started or registry.load_error:
-            started.set()
-
-    client.on_table = on_table
+    client.on_table = registry.apply
     owner_pid = os.getppid()
     client.on_stats_query = service.stats.snapshot
     client.start()
-    client.send({"op": "hello", "pid": os.getpid()})
+    client.send(m.Hello(os.getpid()))
 
-    watchdog = asyncio.get_running_loop().create_task(
-        watch_owner(client, service, registry, stop, owner_pid), name="owner-watch"
-    )
-
-    async def startup() -> None:
-        await started.wait()  # run_front stops waiting for it when `stop` is set
-        if registry.load_error:
-            raise RuntimeError(registry.load_error)
-
+    watchdog = asyncio.get_running_loop().create_task(watch_owner(client, stop, owner_pid), name="owner-watch")
     try:
         return await run_front(
             settings, service, lambda: (metrics.exposition(), metrics.content_type),
             RepositoryControl(registry, settings.model_control_mode), security, stop,
-            startup=startup(), http_socket=listening_socket(settings.host, settings.http_port),
+            startup=service.start(settings.start_models()),
+            http_socket=listening_socket(settings.host, settings.http_port),
         )  # fmt: skip
     finally:
         watchdog.cancel()

@@ -20,7 +20,7 @@ import tritonclient.http as thttp
 
 from proto.electra.v1 import electra_pb2 as pb
 from proto.electra.v1 import electra_pb2_grpc as pb_grpc
-from server.workers.wire import OWNER_SILENCE_S
+from server.workers.mirror import OWNER_SILENCE_S
 from tests.e2e.conftest import ServerProcess, start_server
 from tests.e2e.test_hostile import metric
 from tests.e2e.test_model_control import MODEL, ClosedLoop, add_version

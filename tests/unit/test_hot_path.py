@@ -80,8 +80,8 @@ async def test_inference_requests_skip_fastapi_and_others_do_not(dispatcher: Any
     assert dispatcher.app.paths == ["/health/live", "/v1/classify"]
 
 
-async def test_path_parameters_reach_the_endpoint(dispatcher: Any, service: InferenceService) -> None:
-    service.loaded = True
+async def test_path_parameters_reach_the_endpoint(dispatcher: Any, parts: Assembly) -> None:
+    parts.registry.started = True
     async with client(dispatcher) as http:
         response = await http.post("/models/no-such-model", json={"inputs": "a text"})
     assert response.status_code == 404
@@ -89,8 +89,8 @@ async def test_path_parameters_reach_the_endpoint(dispatcher: Any, service: Infe
     assert dispatcher.app.paths == []
 
 
-async def test_errors_keep_their_shape_on_the_hot_path(dispatcher: Any, service: InferenceService) -> None:
-    service.loaded = True
+async def test_errors_keep_their_shape_on_the_hot_path(dispatcher: Any, parts: Assembly) -> None:
+    parts.registry.started = True
     async with client(dispatcher) as http:
         bad_json = await http.post("/v1/classify", content=b"{not json", headers={"content-type": "application/json"})
         too_big = await http.post("/v1/classify", content=b"x" * (LIMITS.max_request_bytes + 1))

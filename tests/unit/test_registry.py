@@ -59,7 +59,7 @@ async def test_versions_resolve_and_every_answer_names_its_version(repository: P
             result = await parts.service.infer(call, TaskRequest("classify", "m", "1", inputs="x"))
         assert result.version == "1" and call.version == "1"
         with pytest.raises(ServeError) as caught:
-            parts.registry.resolve("classify", "m", "3")
+            parts.registry.table.resolve("classify", "m", "3")
         assert caught.value.kind is ErrorKind.NOT_FOUND and "version '3'" in caught.value.message
         assert state(parts, "m") == {"1": ("READY", ""), "2": ("READY", "")}
     finally:
@@ -81,7 +81,7 @@ async def test_a_reload_is_atomic_and_the_old_version_is_released(repository: Pa
             await asyncio.sleep(0.001)
         write_model(repository, tokenizer_file, "m", "classify", version="2")
         reload = asyncio.ensure_future(parts.registry.load("m"))
-        while len(factory.made["m"]) < 2 or parts.registry.slots["m"].serving().version != "2":
+        while len(factory.made["m"]) < 2 or parts.registry.table.slots["m"].serving().version != "2":
             await asyncio.sleep(0.001)
         # Traffic moved: new requests are answered by version 2 while version 1 still drains.
         assert (await run_json(parts.service, "classify", "m", "x")).version == "2"
@@ -126,7 +126,7 @@ async def test_a_model_that_never_loaded_raises_and_says_why(repository: Path, t
         assert state(parts, "bad")["1"][0] == "UNAVAILABLE"
         assert parts.service.ready  # a model that failed to load does not make the server unready
         with pytest.raises(ServeError) as caught:
-            parts.registry.resolve(None, "bad")
+            parts.registry.table.resolve(None, "bad")
         assert caught.value.kind is ErrorKind.NOT_FOUND
     finally:
         await parts.service.drain(2)
@@ -153,7 +153,7 @@ async def test_unload_drains_then_releases_everything(repository: Path, tokenize
         gate.set()
         assert (await held).version == "1"  # the accepted one: answered
         await asyncio.wait_for(unload, 5)
-        assert runtime.closed and not parts.registry.slots["m"].loaded
+        assert runtime.closed and not parts.registry.table.slots["m"].loaded
         assert state(parts, "m") == {"1": ("UNAVAILABLE", "unloaded")}
         # Its series are gone from /metrics; the other model's stay.
         assert ready_gauge(parts, "m") is None and ready_gauge(parts, "other") == 1
@@ -175,7 +175,8 @@ async def test_polling_follows_the_repository(repository: Path, tokenizer_file: 
         write_model(repository, tokenizer_file, "m", "classify", version="2")  # an atomic rename
         write_model(repository, tokenizer_file, "new", "tag", labels=["O", "B-X"])
         await parts.registry.poll()
-        assert parts.registry.slots["m"].serving().version == "2" and list(parts.registry.slots["m"].loaded) == ["2"]
+        slot = parts.registry.table.slots["m"]
+        assert slot.serving().version == "2" and list(slot.loaded) == ["2"]
         assert (await run_json(parts.service, "tag", "new", "x")).model == "new"
         broken = write_model(repository, tokenizer_file, "m", "classify", version="3")
         (broken / "tokenizer.json").write_text("broken")
@@ -183,9 +184,9 @@ async def test_polling_follows_the_repository(repository: Path, tokenizer_file: 
         made = len(factory.made["m"])
         await parts.registry.poll()  # the same broken version is not tried again and again
         assert len(factory.made["m"]) == made
-        assert parts.registry.slots["m"].serving().version == "2"  # still serving
+        assert parts.registry.table.slots["m"].serving().version == "2"  # still serving
         shutil.rmtree(repository / "new")
         await parts.registry.poll()
-        assert not parts.registry.slots["new"].loaded
+        assert not parts.registry.table.slots["new"].loaded
     finally:
         await parts.service.drain(2)

@@ -114,7 +114,7 @@ async def test_windows_fan_out_and_come_back_to_their_own_request(build: Build, 
 
 async def test_resolve_rules(build: Build) -> None:
     service, _ = await build(clf="classify", clf2="classify", disc="discriminate")
-    resolve = service.registry.resolve
+    resolve = service.catalogue.resolve
     assert resolve("discriminate", None).name == "disc"
     assert resolve("classify", "clf2").name == "clf2"
     assert resolve(None, "disc").name == "disc"  # /models/{name}: the task comes from the model
@@ -169,7 +169,7 @@ async def test_a_failing_run_fails_only_its_request(build: Build) -> None:
 async def test_cancelled_request_drops_its_queued_rows(build: Build) -> None:
     service, runtimes = await build(Settings(max_queue_delay_ms=5000))  # rows wait for company
     task = asyncio.ensure_future(run(service, "classify", "clf", ["a", "b", "c"]))
-    batcher = service.registry.resolve(None, "clf").batcher
+    batcher = service.catalogue.resolve(None, "clf").batcher
     while batcher.queue_depth < 3:
         await asyncio.sleep(0.001)
     task.cancel()
@@ -183,11 +183,11 @@ async def test_cancelled_request_drops_its_queued_rows(build: Build) -> None:
 
 async def test_not_loaded_and_draining_are_unavailable(build: Build) -> None:
     service, _ = await build()
-    service.loaded = False
+    service.models.started = False  # as before start-up ends
     assert not service.ready and not service.model_ready("clf")
     error = await expect(ErrorKind.UNAVAILABLE, run(service, "classify", "clf", "x"))
     assert error.retry_after_s is not None and error.retry_after_s > 0
-    service.loaded = True
+    service.models.started = True
     assert service.ready and service.model_ready("clf") and not service.model_ready("nope")
     await service.drain(1)
     assert not service.ready and not service.model_ready("clf")
@@ -217,7 +217,7 @@ async def test_ready_follows_the_batcher_health(build: Build) -> None:
     service, _ = await build()
     await run(service, "classify", "clf", "x")  # starts the batching loop
     assert service.ready
-    batcher = service.registry.resolve(None, "clf").batcher
+    batcher = service.catalogue.resolve(None, "clf").batcher
 
     def broken(lengths: Any, limits: Any) -> Any:
         raise RuntimeError("a bug in the batching loop")
@@ -242,7 +242,7 @@ async def test_ready_follows_the_batcher_health(build: Build) -> None:
 
 async def test_describe(build: Build) -> None:
     service, _ = await build()
-    described = service.registry.resolve(None, "clf").describe()
+    described = service.catalogue.resolve(None, "clf").describe()
     assert described["name"] == "clf" and described["task"] == "classify" and described["version"] == "1"
     assert described["labels"] == ["NEG", "POS", "MID"]
     assert (described["precision"], described["device"], described["max_seq_len"]) == ("fp32", "cpu", 32)
@@ -261,9 +261,9 @@ async def test_load_a_real_repository(export_model: Callable[..., Path]) -> None
     assert not service.ready
     await service.start(settings.start_models())
     try:
-        assert service.ready and [v.name for v in service.registry.serving()] == [model_dir.name]
+        assert service.ready and [v.name for v in service.catalogue.serving()] == [model_dir.name]
         assert sample(service, "electra_model_ready", model=model_dir.name) == 1
-        described = service.registry.resolve(None, model_dir.name).describe()
+        described = service.catalogue.resolve(None, model_dir.name).describe()
         assert described["labels"] == ["contradiction", "entailment", "neutral"] and described["device"] == "cpu"
         assert "/" not in described["source"]["model"]  # paths stay in the logs
         result = await run(service, "classify", None, ["A man eats.", "Nobody eats."], {"top_k": None})
@@ -290,7 +290,7 @@ async def test_idle_cpu_server_gives_freed_heap_back(
     service = assemble(settings, model_dir.parent).service
     await service.start(settings.start_models())
     try:
-        assert service.registry.loader.heap_tuned
+        assert service.models.heap_tuned
         for _ in range(3):
             await run(service, "classify", None, "A man eats.", None)
             await asyncio.sleep(0.01)  # far shorter than the idle time: no trim yet
@@ -315,7 +315,7 @@ async def test_a_drain_during_loading_stops_it_at_the_next_model(tokenizer_file:
 
     def runtime_then_sigterm(path: Path, *args: Any) -> Any:
         service_ref[0].draining = True  # what drain() sets first
-        service_ref[0].registry.stopping = True
+        service_ref[0].models.stopping = True
         return factory(path, *args)
 
     service = assemble(Settings(device="cpu"), tmp_path, runtime_then_sigterm).service
@@ -369,8 +369,8 @@ def test_padding_limit_is_the_devices_default_unless_set() -> None:
 
 
 def test_short_requests_are_tokenized_inline_and_long_ones_on_the_threads() -> None:
-    from server.core.service import _text_chars
+    from server.core.service import text_chars
 
-    assert _text_chars(["abc", "de"], 1024) == 5
-    assert _text_chars([("question?", "a context"), ("q", None)], 1024) == 19
-    assert _text_chars(["x" * 600, "y" * 600, "z" * 600], 1024) == 1200  # stops once past the limit
+    assert text_chars(["abc", "de"], 1024) == 5
+    assert text_chars([("question?", "a context"), ("q", None)], 1024) == 19
+    assert text_chars(["x" * 600, "y" * 600, "z" * 600], 1024) == 1200  # stops once past the limit

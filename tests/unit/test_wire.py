@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from server.core.rows import Row
+from server.workers import messages as m
 from server.workers import wire
 
 
@@ -37,8 +38,12 @@ def test_outputs_round_trip_for_sequence_and_per_row_outputs() -> None:
         {"logits": np.array([[9.0, 8.0]], dtype=np.float32), "pooled": np.array([3.0, 4.0], dtype=np.float32)},
     ]
     spec = wire.output_spec(rows[0], frozenset({"logits"}))
-    head = wire.header(wire.encode({"spec": spec})[0])
-    back = wire.unpack_outputs(head["spec"], [bytes(memoryview(b)) for b in wire.pack_outputs(spec, rows)], lengths)
+    header, *outputs = wire.message_frames(
+        m.Results(spec, [m.Answered(1, 0.0, 0.0, lengths)]), *wire.pack_outputs(spec, rows)
+    )
+    head = m.decode_to_worker(header)
+    assert isinstance(head, m.Results)
+    back = wire.unpack_outputs(head.spec, [bytes(memoryview(b)) for b in outputs], head.results[0].lengths)
     for got, sent in zip(back, rows, strict=True):
         for name in sent:
             np.testing.assert_array_equal(got[name], sent[name])

@@ -25,17 +25,18 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from server.core.batching import selection
 from server.core.batching.execution import BatchExecution, ModelInputs, Outcome, RunFn
 from server.core.batching.interface import SubmitResult
 from server.core.batching.queue import QueuedRequest, QueuedRow, RequestQueue
-from server.core.batching.selection import BatchLimits, Selector, select_batch
+from server.core.batching.selection import BatchLimits, Selector
 from server.core.batching.supervision import Supervision
 from server.core.config import BatchPolicy
 from server.core.errors import ErrorKind, ServeError, too_large
 from server.core.observer import BatchObserver, NullBatchObserver
 from server.core.rows import Row
 
-log = logging.getLogger("server.core.batcher")
+log = logging.getLogger("electra.batcher")
 
 
 class DynamicBatcher:
@@ -51,18 +52,19 @@ class DynamicBatcher:
         name: str = "model",
         failure_threshold: int = 5,
         probe_interval_s: float = 2.0,
-        selector: Selector = select_batch,
+        selector: Selector | None = None,
     ) -> None:
         """
         sequence_outputs: see `BatchExecution`.
         executor: None (the default) creates one owned by the batcher with one thread per
           in-flight batch; one passed in is not shut down by `stop`.
-        selector: the selection policy (tests replace it to break the loop on purpose).
+        selector: the selection policy; None: `selection.select_batch` (as the module holds it when
+          the batcher is made: the fault-injection server wraps it).
         """
         self.name = name
         self.policy = policy
         self.limits = BatchLimits.from_policy(policy)
-        self.selector = selector
+        self.selector = selector if selector is not None else selection.select_batch
         self.execution = BatchExecution(run, pad_token_id=pad_token_id, sequence_outputs=sequence_outputs, name=name)
         self.max_queue_delay_s = max(0.0, policy.max_queue_delay_ms) / 1000.0
         self._observer: BatchObserver = observer or NullBatchObserver()

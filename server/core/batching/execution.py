@@ -16,7 +16,7 @@ import numpy as np
 
 from server.core.rows import Row, RowOutputs
 
-log = logging.getLogger("server.core.batcher")
+log = logging.getLogger("electra.batcher")
 
 RunFn = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
 ModelInputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # input_ids, attention_mask, token_type_ids

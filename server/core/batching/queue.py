@@ -13,12 +13,9 @@ import asyncio
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from server.core.batching.interface import SubmitResult
 from server.core.rows import Row, RowOutputs
-
-if TYPE_CHECKING:
-    from server.core.batching.interface import SubmitResult
 
 
 @dataclass(eq=False, slots=True)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from server.core.batching.execution import Outcome, is_out_of_memory
 
-log = logging.getLogger("server.core.batcher")
+log = logging.getLogger("electra.batcher")
 
 # Loop restarts allowed within RESTART_WINDOW_S before the batcher counts as dead.
 MAX_RESTARTS = 3

@@ -58,7 +58,8 @@ def label_names(labels: Sequence[str], count: int) -> list[str]:
 def softmax(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+    normalized: np.ndarray = shifted / shifted.sum(axis=-1, keepdims=True)
+    return normalized
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -78,7 +79,7 @@ def row_of(encoding: Encoding) -> Row:
 
 def content_length(tokenizer: Tokenizer, max_seq_len: int) -> int:
     """Tokens of text that fit in one window of a single sequence (the rest are [CLS]/[SEP])."""
-    return max_seq_len - tokenizer.num_special_tokens_to_add(False)
+    return max_seq_len - int(tokenizer.num_special_tokens_to_add(False))
 
 
 # Consecutive windows must advance by at least this share of a window's text: a stride close to

@@ -88,10 +88,10 @@ class Float(Param):
     def check(self, value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad_request(f"parameter {self.name} must be a number, got {type_name(value)}")
-        value = float(value)
-        if not (math.isfinite(value) and self.minimum <= value <= self.maximum):
-            raise bad_request(f"parameter {self.name} must be between {self.minimum} and {self.maximum}, got {value}")
-        return value
+        number = float(value)
+        if not (math.isfinite(number) and self.minimum <= number <= self.maximum):
+            raise bad_request(f"parameter {self.name} must be between {self.minimum} and {self.maximum}, got {number}")
+        return number
 
     def schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {"type": ["number", "null"]}
