@@ -1,4 +1,4 @@
-"""electra-serve: serve a model repository over REST and gRPC (CONTRACT §1)."""
+"""electra-serve: serve a model repository over REST and gRPC (docs/REFERENCE.md §1.2)."""
 
 from __future__ import annotations
 

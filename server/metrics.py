@@ -1,4 +1,4 @@
-"""Every Prometheus metric and bucket, defined once (CONTRACT §5). One registry per server, so
+"""Every Prometheus metric and bucket, defined once (docs/REFERENCE.md §6). One registry per server, so
 several servers in one process (tests) do not collide. `Metrics` is the core's observer
 (server.core.observer.ServiceObserver).
 

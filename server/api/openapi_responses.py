@@ -16,7 +16,7 @@ from server.api.http_common import MODEL_HEADER, TIMEOUT_HEADER, TIMING_HEADERS,
 
 
 class ErrorBody(BaseModel):
-    """Every error the server answers (CONTRACT §3)."""
+    """Every error the server answers (docs/REFERENCE.md §3.1)."""
 
     error: str = Field(description="what went wrong, for a person to read")
 

@@ -1,4 +1,4 @@
-"""KServe v2 / Open Inference Protocol over HTTP (CONTRACT §3), with the binary tensor data
+"""KServe v2 / Open Inference Protocol over HTTP (docs/REFERENCE.md §3.6), with the binary tensor data
 extension and the Triton routes perf_analyzer needs (config, stats). Thin: requests are
 translated to the v2 data plane and back.
 

@@ -1,4 +1,4 @@
-"""KServe v2 / Open Inference Protocol tensors, shared by /v2 HTTP and KServe gRPC (CONTRACT §4).
+"""KServe v2 / Open Inference Protocol tensors, shared by /v2 HTTP and KServe gRPC (docs/REFERENCE.md §5).
 
 Protocol-free: decoding (JSON `data`, raw little-endian bytes, BYTES as 4-byte little-endian
 length-prefixed strings), each task's tensor signature, checking a request's tensors against

@@ -1,5 +1,5 @@
-"""`/metrics` (CONTRACT §5) scraped from a real server and parsed with prometheus_client's own
-parser: every metric of the contract with its type and labels, and counters that move with traffic.
+"""`/metrics` (docs/REFERENCE.md §6) scraped from a real server and parsed with prometheus_client's own
+parser: every metric of the reference with its type and labels, and counters that move with traffic.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import ServerProcess
 
 # family name as the parser reports it (counters lose `_total`) -> (type, labels of its samples)
-CONTRACT_METRICS = {
+REFERENCE_METRICS = {
     "electra_requests": ("counter", {"model", "task", "protocol", "code"}),
     "electra_request_duration_seconds": ("histogram", {"model", "task", "protocol"}),
     "electra_queue_duration_seconds": ("histogram", {"model"}),
@@ -59,7 +59,7 @@ def test_every_contract_metric_with_its_type_and_labels(http: httpx.Client) -> N
     assert http.post("/v1/classify", json={"model": "cls3", "inputs": "warm"}).status_code == 200
     http.post("/v1/classify", json={"model": "cls3", "inputs": "x"}, headers={"x-request-timeout-ms": "0.001"})
     families, _ = scrape(http)
-    for name, (kind, labels) in CONTRACT_METRICS.items():
+    for name, (kind, labels) in REFERENCE_METRICS.items():
         assert name in families, f"{name} missing from /metrics"
         family = families[name]
         assert family.type == kind, f"{name} is a {family.type}, not a {kind}"

@@ -1,4 +1,4 @@
-"""REST end to end (CONTRACT §3) on a real electra-serve over loopback: response shapes, the
+"""REST end to end (docs/REFERENCE.md §3) on a real electra-serve over loopback: response shapes, the
 error table (every status with a JSON {"error"} body), deadlines, overload, timing headers,
 /v1/models, health and the OpenAPI document.
 """

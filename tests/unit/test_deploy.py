@@ -2,10 +2,10 @@
 KServe).
 
 No Docker engine or cluster is needed: files are parsed and cross-checked against each other and
-against the public contract (flags, ports, probe paths, metric names). The KServe objects are
-validated against KServe's own CRD schemas, vendored in tests/data/kserve. When `kubectl` is on the
-PATH the overlays are also rendered with `kubectl kustomize` and the rendered objects are checked;
-without it those tests are skipped, and say so.
+against the public interface, docs/REFERENCE.md (flags, ports, probe paths, metric names). The
+KServe objects are validated against KServe's own CRD schemas, vendored in tests/data/kserve. When
+`kubectl` is on the PATH the overlays are also rendered with `kubectl kustomize` and the rendered
+objects are checked; without it those tests are skipped, and say so.
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ KSERVE_CONTAINER = "kserve-container"
 # Kubernetes' terminationGracePeriodSeconds when a pod sets none (KServe's objects leave it unset).
 DEFAULT_GRACE_S = 30
 
-# CONTRACT.md §1: every electra-serve flag, and its ELECTRA_<FLAG_IN_CAPS> twin.
-CONTRACT_FLAGS = (
+# docs/REFERENCE.md §1.2: the core electra-serve flags, each with its ELECTRA_<FLAG_IN_CAPS> twin.
+REFERENCE_FLAGS = (
     "model-repository",
     "models",
     "host",
@@ -74,13 +74,12 @@ CONTRACT_FLAGS = (
     "max-queue-size",
     "drain-timeout-s",
 )
-# Server flags beyond the contract that the deployments tune; checked against `electra-serve --help`.
+# Further server flags that the deployments tune; checked against `electra-serve --help`.
 EXTRA_FLAGS = ("intra-op-threads", "state-file")
-# CONTRACT.md §6: the flags the open issues add (security, model lifecycle, front end), the names
-# fixed by the contract. deploy/ sets some of them already (TLS, API keys, poll mode); each is
-# checked against `electra-serve --help` on its own (test_cli_knows_the_contract_s6_flags), which
-# fails until the server side of those issues has landed.
-CONTRACT_S6_FLAGS = (
+# docs/REFERENCE.md §1.2: the flags of security, model lifecycle and the front end, added after the
+# first ones. deploy/ sets some of them (TLS, API keys, poll mode); each is checked against
+# `electra-serve --help` on its own (test_cli_knows_the_later_flags).
+LATER_FLAGS = (
     "api-keys-file",
     "tls-cert",
     "tls-key",
@@ -90,10 +89,10 @@ CONTRACT_S6_FLAGS = (
     "load-model",
     "workers",
 )
-ALL_FLAGS = CONTRACT_FLAGS + EXTRA_FLAGS + CONTRACT_S6_FLAGS
-CONTRACT_ENV = {"ELECTRA_" + f.upper().replace("-", "_"): f for f in ALL_FLAGS}
+ALL_FLAGS = REFERENCE_FLAGS + EXTRA_FLAGS + LATER_FLAGS
+REFERENCE_ENV = {"ELECTRA_" + f.upper().replace("-", "_"): f for f in ALL_FLAGS}
 
-# CONTRACT.md §5.
+# docs/REFERENCE.md §6.
 HISTOGRAMS = {
     "electra_request_duration_seconds",
     "electra_queue_duration_seconds",
@@ -516,10 +515,10 @@ def test_every_setting_is_a_contract_flag() -> None:
     assert len(seen) > 10
     for where, name in seen:
         assert name.startswith("ELECTRA_"), f"{where}: {name} is not an ELECTRA_* setting"
-        assert name in CONTRACT_ENV, f"{where}: {name} names no electra-serve flag"
+        assert name in REFERENCE_ENV, f"{where}: {name} names no electra-serve flag"
     deployment = load_one(BASE / "deployment.yaml")
     for env in server_container(deployment).get("env", []):
-        assert env["name"] in CONTRACT_ENV, f"deployment.yaml: {env['name']}"
+        assert env["name"] in REFERENCE_ENV, f"deployment.yaml: {env['name']}"
 
 
 def cli_args(args: list[str]) -> dict[str, str]:
@@ -544,8 +543,8 @@ def cli_args(args: list[str]) -> dict[str, str]:
 def flag_sources() -> Iterator[tuple[str, str]]:
     """(where, flag) for every server flag deploy/ sets, through its ELECTRA_* twin or a command line."""
     for where, name in env_sources():
-        if name in CONTRACT_ENV:
-            yield where, CONTRACT_ENV[name]
+        if name in REFERENCE_ENV:
+            yield where, REFERENCE_ENV[name]
     for where, container in kserve_server_containers():
         for flag in cli_args(container.get("args", [])):
             yield where, flag
@@ -555,7 +554,7 @@ def test_command_lines_use_known_flags() -> None:
     seen = list(flag_sources())
     assert any(where.startswith("deploy/kserve") for where, _ in seen)
     for where, flag in seen:
-        assert flag in ALL_FLAGS, f"{where}: --{flag} is no electra-serve flag of the contract"
+        assert flag in ALL_FLAGS, f"{where}: --{flag} is no electra-serve flag (docs/REFERENCE.md §1.2)"
 
 
 @functools.cache
@@ -570,16 +569,16 @@ def cli_help() -> str:
 
 
 def test_cli_knows_every_flag_the_deployments_set() -> None:
-    used = {flag for _, flag in flag_sources()} - set(CONTRACT_S6_FLAGS)
+    used = {flag for _, flag in flag_sources()} - set(LATER_FLAGS)
     missing = [flag for flag in sorted(used) if f"--{flag}" not in cli_help()]
     assert not missing, f"electra-serve --help does not list {missing}"
 
 
-@pytest.mark.parametrize("flag", CONTRACT_S6_FLAGS)
-def test_cli_knows_the_contract_s6_flags(flag: str) -> None:
-    """The §6 flags, used or not by deploy/: red until the server side of issues 13 and 14 lands."""
+@pytest.mark.parametrize("flag", LATER_FLAGS)
+def test_cli_knows_the_later_flags(flag: str) -> None:
+    """The later flags, used or not by deploy/."""
     if f"--{flag}" not in cli_help():
-        pytest.fail(f"electra-serve --help does not list --{flag} (CONTRACT.md §6)")
+        pytest.fail(f"electra-serve --help does not list --{flag} (docs/REFERENCE.md §1.2)")
 
 
 ELECTRA_NAME = re.compile(r"\bELECTRA_[A-Z0-9_]*[A-Z0-9]\b")
@@ -589,12 +588,12 @@ def test_every_electra_name_in_deploy_is_a_flag() -> None:
     """Comments and docs too: a commented example (compose's API keys) must name a real setting."""
     files = [p for p in DEPLOY.rglob("*") if p.is_file() and p.suffix in {".yaml", ".yml", ".env", ".md", ".py"}]
     # electra-serve-probe's own settings (its client certificate under mutual TLS), read by it alone.
-    probe_env = set(ELECTRA_NAME.findall((ROOT / "server" / "probe.py").read_text())) - set(CONTRACT_ENV)
+    probe_env = set(ELECTRA_NAME.findall((ROOT / "server" / "probe.py").read_text())) - set(REFERENCE_ENV)
     assert probe_env == {"ELECTRA_PROBE_CERT", "ELECTRA_PROBE_KEY"}
     found = 0
     for path in [*files, DOCKERFILE]:
         for name in sorted(set(ELECTRA_NAME.findall(path.read_text()))):
-            assert name in CONTRACT_ENV or name in probe_env, f"{rel(path)}: {name} names no electra-serve flag"
+            assert name in REFERENCE_ENV or name in probe_env, f"{rel(path)}: {name} names no electra-serve flag"
             found += 1
     assert found > 20
 
@@ -804,7 +803,7 @@ def test_kserve_runtime_serves_the_contract() -> None:
     assert args["host"] == "0.0.0.0"
     assert int(args["http-port"]) == HTTP_PORT and int(args["grpc-port"]) == GRPC_PORT
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert not set(env) & {n for n, f in CONTRACT_ENV.items() if f in args}, "a flag set twice (arg and env)"
+    assert not set(env) & {n for n, f in REFERENCE_ENV.items() if f in args}, "a flag set twice (arg and env)"
     # Port names as KServe reads them: the first port becomes the Service's port 80 (HTTP), a name with
     # h2c (or grpc) gets appProtocol kubernetes.io/h2c; Knative's names are http1 and h2c.
     ports = container_ports(container)
@@ -865,7 +864,7 @@ def test_inferenceservice_uses_the_runtime() -> None:
         assert rest.split("/")[0] == pvc["metadata"]["name"], "the PVC the model-pvc component fills"
     assert model["resources"]["requests"] == model["resources"]["limits"]
     for env in model.get("env", []):
-        assert env["name"] in CONTRACT_ENV
+        assert env["name"] in REFERENCE_ENV
     modes = [e["value"] for e in model.get("env", []) if e["name"] == "ELECTRA_MODEL_CONTROL_MODE"]
     assert all(m in {"none", "poll", "explicit"} for m in modes)
 
@@ -1323,7 +1322,7 @@ def check_metric_names(expr: str, where: str) -> int:
     for name in names:
         if name in contract_series():
             continue
-        assert served is not None, f"{where}: {name} is not a contract metric"
+        assert served is not None, f"{where}: {name} is not a metric of docs/REFERENCE.md §6"
         assert name in served, f"{where}: the server exposes no {name}"
     for call in quantile_calls(expr):
         assert re.search(r"electra_[a-z0-9_]+_bucket\b", call), f"{where}: quantile of no _bucket series"
@@ -1601,7 +1600,7 @@ def rendered_invariants(docs: list[dict[str, Any]]) -> dict[str, Any]:
     container = server_container(deployment)
     (ref,) = container["envFrom"]
     config = one(docs, "ConfigMap", ref["configMapRef"]["name"])["data"]
-    assert all(k in CONTRACT_ENV for k in config)
+    assert all(k in REFERENCE_ENV for k in config)
     drain = int(config["ELECTRA_DRAIN_TIMEOUT_S"])
     assert pod["terminationGracePeriodSeconds"] > prestop_sleep_seconds(container) + drain
     ports = container_ports(container)
