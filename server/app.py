@@ -11,9 +11,10 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api import hf, rest, v2_http
-from server.api.hot_path import Guard, HotPathDispatcher, hot_routes
-from server.api.http_common import HttpLimits, error_response, json_response
+from server.api.http import hf, rest
+from server.api.http.exchange import HttpLimits, error_response, json_response
+from server.api.http.hot_path import Guard, HotPathDispatcher, hot_routes
+from server.api.kserve import http_routes as v2_http
 from server.api.repository import RepositoryControl
 from server.core.errors import ServeError
 from server.core.service import InferenceService

@@ -21,9 +21,11 @@ from pathlib import Path
 import grpc
 import uvicorn
 
-from server.api.grpc_server import HealthReporter, create_grpc_server
+from server.api.grpc.auth import GrpcAuth
+from server.api.grpc.server import HealthReporter, create_grpc_server
+from server.api.http.auth import http_guard
 from server.api.repository import RepositoryControl
-from server.api.security import ApiKeys, GrpcAuth, http_guard
+from server.api.security import ApiKeys
 from server.api.tls import Tls, TlsFiles
 from server.app import build_asgi
 from server.assembly import Assembly, assemble

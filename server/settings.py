@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from server.api.http_common import HttpLimits
+from server.api.http.exchange import HttpLimits
 from server.core.config import DEFAULT_CONFIG, GPU_BATCH_DEFAULTS, BatchPolicy, CoreConfig
 from server.core.repository import VersionPolicy
 

@@ -17,15 +17,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any
-
-import grpc
-from starlette.responses import Response
-from starlette.types import Scope
-
-from server.api.http_common import json_response
 
 log = logging.getLogger("electra.security")
 
@@ -104,65 +96,3 @@ def bearer(value: str | bytes | None) -> str | None:
             return None
     scheme, _, token = value.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-
-
-def http_guard(keys: ApiKeys, protect_probes: bool) -> Callable[[Scope], Awaitable[Response | None]]:
-    """For the HTTP front door: None to let a request through, else the 401 to answer."""
-
-    async def guard(scope: Scope) -> Response | None:
-        path = scope.get("path", "")
-        if not protect_probes and (path in OPEN_HTTP_PATHS or path.startswith(OPEN_HTTP_PREFIXES)):
-            return None
-        header = next((value for name, value in scope.get("headers", ()) if name == b"authorization"), None)
-        if keys.verify(bearer(header)):
-            return None
-        return json_response({"error": UNAUTHORIZED}, 401, {"WWW-Authenticate": 'Bearer realm="electra-serve"'})
-
-    return guard
-
-
-class GrpcAuth(grpc.aio.ServerInterceptor):
-    """For the gRPC server: calls without a valid key end with UNAUTHENTICATED before any handler runs."""
-
-    def __init__(self, keys: ApiKeys, protect_probes: bool) -> None:
-        self.keys = keys
-        self.protect_probes = protect_probes
-
-    def _allowed(self, method: str, metadata: Iterable[tuple[str, Any]] | None) -> bool:
-        if not self.protect_probes and method in OPEN_GRPC_METHODS:
-            return True
-        token = next((bearer(value) for key, value in metadata or () if key == "authorization"), None)
-        return self.keys.verify(token)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None or self._allowed(details.method, details.invocation_metadata):
-            return handler
-        return _refusal(handler)
-
-
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """A handler of the same kind as `handler` that answers UNAUTHENTICATED without reading the request."""
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED)
-
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHORIZED)
-        yield  # pragma: no cover - abort raises; this makes it a generator
-
-    codecs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(refuse_stream, **codecs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(refuse, **codecs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codecs)
-    return grpc.unary_unary_rpc_method_handler(refuse, **codecs)

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.api.http_common import TIMEOUT_HEADER
+from server.api.metadata import TIMEOUT_HEADER
 from tests.e2e.conftest import ServerProcess, start_server
 
 SEED = 20261203

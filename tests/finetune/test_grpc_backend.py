@@ -8,7 +8,7 @@ import pytest
 
 from evaluation.backends import BackendError, grpc_answers, grpc_request
 from evaluation.data import qa_parameters
-from server.api import grpc_typed
+from server.api.grpc import typed as grpc_typed
 
 
 @pytest.mark.parametrize("function", ["softmax", "sigmoid", "none"])

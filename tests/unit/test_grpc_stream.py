@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.api.grpc_common import concurrently
+from server.api.grpc.calls import concurrently
 
 
 async def numbers(n: int) -> AsyncIterator[bytes]:

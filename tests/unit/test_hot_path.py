@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server.api.hot_path import HotPathDispatcher
-from server.api.http_common import HttpLimits, until_disconnect
+from server.api.http.exchange import HttpLimits, until_disconnect
+from server.api.http.hot_path import HotPathDispatcher
 from server.app import build_app, build_asgi
 from server.assembly import Assembly, assemble
 from server.core.errors import ErrorKind, ServeError

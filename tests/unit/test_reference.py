@@ -143,7 +143,7 @@ def app_routes() -> frozenset[tuple[str, str]]:
     """(METHOD, path) of every route of the application the server runs, repository API included."""
     import tempfile
 
-    from server.api.http_common import HttpLimits
+    from server.api.http.exchange import HttpLimits
     from server.api.repository import RepositoryControl
     from server.app import build_app
     from server.assembly import assemble
@@ -184,7 +184,7 @@ def test_the_error_table_is_the_code_table() -> None:
 
 
 def test_timing_and_id_headers_are_documented() -> None:
-    from server.api.http_common import MODEL_HEADER, REQUEST_ID_HEADER, TIMEOUT_HEADER, TIMING_HEADERS, VERSION_HEADER
+    from server.api.metadata import MODEL_HEADER, REQUEST_ID_HEADER, TIMEOUT_HEADER, TIMING_HEADERS, VERSION_HEADER
 
     for header in (MODEL_HEADER, VERSION_HEADER, REQUEST_ID_HEADER, TIMEOUT_HEADER, *TIMING_HEADERS):
         assert f"`{header}`" in section("3.1"), header
@@ -217,8 +217,8 @@ def test_every_rpc_is_documented() -> None:
 
 
 def test_every_task_signature_is_documented() -> None:
-    from server.api import v2_tensors as t
-    from server.api.v2_dataplane import EXTENSIONS, PLATFORM
+    from server.api.kserve import tensors as t
+    from server.api.kserve.dataplane import EXTENSIONS, PLATFORM
 
     rows = {cells[0]: cells for cells in table_rows(section("5"))}
     for task in ("classify", "qa", "tag", "discriminate"):

@@ -8,8 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from server.api import v2_tensors as t
-from server.api.v2_http import parse_inputs, parse_outputs, split_request
+from server.api.kserve import tensors as t
+from server.api.kserve.http_routes import parse_inputs, parse_outputs, split_request
 from server.core.errors import ErrorKind, ServeError
 from server.core.manifest import Manifest
 

@@ -11,11 +11,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from server.api.grpc_typed import SERVICE_NAME as TYPED_SERVICE
-from server.api.grpc_typed import ElectraServicer
+from server.api.grpc.typed import SERVICE_NAME as TYPED_SERVICE
+from server.api.grpc.typed import ElectraServicer
+from server.api.kserve.grpc_servicer import SERVICE_NAME as KSERVE_SERVICE
+from server.api.kserve.grpc_servicer import InferenceServicer
 from server.api.repository import RepositoryControl
-from server.api.v2_grpc import SERVICE_NAME as KSERVE_SERVICE
-from server.api.v2_grpc import InferenceServicer
 from server.core.service import InferenceService
 
 log = logging.getLogger("electra.grpc")

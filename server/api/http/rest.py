@@ -8,9 +8,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
 
-from server.api import openapi_responses as doc
-from server.api.hot_path import hot, tracked
-from server.api.http_common import (
+from server.api.http import openapi_responses as doc
+from server.api.http.exchange import (
     HttpLimits,
     error_response,
     json_response,
@@ -20,7 +19,8 @@ from server.api.http_common import (
     timing_headers,
     until_disconnect,
 )
-from server.api.openapi_examples import openapi_body
+from server.api.http.hot_path import hot, tracked
+from server.api.http.openapi_examples import openapi_body
 from server.core.errors import not_loaded
 from server.core.service import Call, InferenceService, Result, TaskRequest
 

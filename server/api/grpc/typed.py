@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import Message
 
 from proto.electra.v1 import electra_pb2 as pb
-from server.api.grpc_common import decode, holding_body, inference_unary, request_id_of, status_code, stream
+from server.api.grpc.calls import decode, holding_body, inference_unary, request_id_of, status_code, stream
 from server.core.errors import ErrorKind, ServeError
 from server.core.service import Call, InferenceService, Result, TaskRequest
 from server.core.tasks import classify, qa

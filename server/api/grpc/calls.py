@@ -19,7 +19,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from server.api.http_common import REQUEST_ID_HEADER, timing_pairs
+from server.api.metadata import REQUEST_ID_HEADER, timing_pairs
 from server.core.errors import ErrorKind, ServeError, internal_error
 from server.core.service import Call, InferenceService, new_request_id
 

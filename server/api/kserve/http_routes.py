@@ -17,10 +17,8 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api import openapi_responses as doc
-from server.api import v2_tensors as t
-from server.api.hot_path import hot, tracked
-from server.api.http_common import (
+from server.api.http import openapi_responses as doc
+from server.api.http.exchange import (
     HttpLimits,
     check_content_type,
     error_response,
@@ -30,8 +28,10 @@ from server.api.http_common import (
     timing_headers,
     until_disconnect,
 )
+from server.api.http.hot_path import hot, tracked
+from server.api.kserve import tensors as t
+from server.api.kserve.dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.api.repository import RepositoryControl
-from server.api.v2_dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.core.errors import ServeError
 from server.core.service import Call, InferenceService
 
@@ -323,7 +323,7 @@ def _model_routes(
         outcome = await until_disconnect(request, plane.infer(call, name, version, tensors, names))
         return infer_response(outcome, header.get("id"), binary_outputs)
 
-    # Inference is a hot route (server.api.hot_path): its parameters come from the path alone.
+    # Inference is a hot route (server.api.http.hot_path): its parameters come from the path alone.
     summary = "Inference over BYTES tensors (JSON or binary)"
     documented: dict[str, Any] = {
         "summary": summary,

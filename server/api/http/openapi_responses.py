@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, RootModel
 
-from server.api.http_common import MODEL_HEADER, TIMEOUT_HEADER, TIMING_HEADERS, VERSION_HEADER
+from server.api.metadata import MODEL_HEADER, TIMEOUT_HEADER, TIMING_HEADERS, VERSION_HEADER
 
 # ---------------------------------------------------------------- errors
 

@@ -13,20 +13,14 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from server.api.metadata import TIMEOUT_HEADER, timing_pairs
 from server.core.body_budget import BodyHold
 from server.core.errors import ErrorKind, ServeError
 from server.core.timings import Timings
 
 T = TypeVar("T")
-TIMEOUT_HEADER = "x-request-timeout-ms"
-REQUEST_ID_HEADER = "x-request-id"
 # The ASGI scope key of a request's share of the process's body buffer (core/body_budget.py).
 BODY_HOLD_KEY = "electra.body_hold"
-
-# One set of names and units (milliseconds) for the REST headers and the gRPC trailing metadata.
-MODEL_HEADER = "x-model-name"
-VERSION_HEADER = "x-model-version"
-TIMING_HEADERS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
 
 # Content types a JSON body may come with. Anything else is refused (415): a browser on another
 # origin can POST `text/plain` without a CORS preflight, and must not reach the models that way.
@@ -49,20 +43,6 @@ def error_response(error: ServeError) -> Response:
     if (retry_after := error.retry_after_header) is not None:
         headers["Retry-After"] = retry_after
     return json_response({"error": error.message}, error.kind.http_status, headers)
-
-
-def timing_values(timings: Timings) -> tuple[str, str, str, str]:
-    return (
-        f"{timings.total_s * 1000:.3f}",
-        f"{timings.tokenization_s * 1000:.3f}",
-        f"{timings.queue_s * 1000:.3f}",
-        f"{timings.inference_s * 1000:.3f}",
-    )
-
-
-def timing_pairs(timings: Timings, model: str, version: str) -> list[tuple[str, str]]:
-    """(name, value) for the REST headers and the gRPC trailing metadata alike."""
-    return [(MODEL_HEADER, model), (VERSION_HEADER, version), *zip(TIMING_HEADERS, timing_values(timings), strict=True)]
 
 
 def timing_headers(timings: Timings, model: str, version: str) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """The KServe v2 data plane, protocol-free: metadata, Triton model config, statistics, the
-repository index and inference over tensors. /v2 HTTP (v2_http) and KServe gRPC (v2_grpc)
+repository index and inference over tensors. /v2 HTTP (http_routes) and KServe gRPC (grpc_servicer)
 translate to and from it.
 
 Metadata, config and statistics are plain dicts in Triton's JSON shape, which is also the
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from server.api import v2_tensors as t
+from server.api.kserve import tensors as t
 from server.core.manifest import Manifest
 from server.core.model import ModelVersion
 from server.core.rows import RowOutputs

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api import openapi_responses as doc
-from server.api.hot_path import hot, tracked
-from server.api.http_common import HttpLimits
-from server.api.openapi_examples import openapi_body
-from server.api.rest import PROTOCOL, answer_task
+from server.api.http import openapi_responses as doc
+from server.api.http.exchange import HttpLimits
+from server.api.http.hot_path import hot, tracked
+from server.api.http.openapi_examples import openapi_body
+from server.api.http.rest import PROTOCOL, answer_task
 from server.core.service import InferenceService, Result
 
 

@@ -11,10 +11,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from proto.inference import grpc_service_pb2 as pb
-from server.api import v2_tensors as t
-from server.api.grpc_common import decode, holding_body, inference_unary, request_id_of, stream, unary
+from server.api.grpc.calls import decode, holding_body, inference_unary, request_id_of, stream, unary
+from server.api.kserve import tensors as t
+from server.api.kserve.dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.api.repository import RepositoryControl
-from server.api.v2_dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.core.errors import ErrorKind, ServeError
 from server.core.service import Call, InferenceService
 

@@ -32,7 +32,8 @@ from starlette.responses import Response
 from starlette.routing import Match
 from starlette.types import Message, Receive, Scope, Send
 
-from server.api.http_common import BODY_HOLD_KEY, REQUEST_ID_HEADER, error_response, json_response
+from server.api.http.exchange import BODY_HOLD_KEY, error_response, json_response
+from server.api.metadata import REQUEST_ID_HEADER
 from server.core.body_budget import BodyBudget
 from server.core.config import DEFAULT_CONFIG
 from server.core.errors import ServeError

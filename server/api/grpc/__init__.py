@@ -1,0 +1,1 @@
+"""gRPC: the typed electra.v1 service, the call and stream plumbing, the server."""
