@@ -2,7 +2,7 @@
 # Builds a stand-in for python:3.11-slim-bookworm from Debian's packages, for hosts that reach the
 # Debian archive and PyPI but no image registry (this project's CI). Debian 12's own Python is 3.11.
 #
-#   tests/image/standin_base.sh IMAGE_TAG
+#   tests/deploy/image/standin_base.sh IMAGE_TAG
 #
 # Needs root, debootstrap and a running Docker daemon (DOCKER_HOST is honoured). The image carries
 # this host's CA bundle and pip index settings, so that pip inside a build reaches what pip here

@@ -26,10 +26,10 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.deploy.image.docker_host import Docker, base_image, docker_daemon, torch_index
 from tests.e2e.conftest import free_port
-from tests.image.docker_host import Docker, base_image, docker_daemon, torch_index
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TAG = "electra-serve-test:cpu"
 USER_ID = "10001"
 
