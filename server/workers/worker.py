@@ -19,7 +19,8 @@ from server.metrics import Metrics
 from server.runner import Security, listening_socket, run_front, stop_on_signals
 from server.settings import Settings, load_settings
 from server.workers import messages as m
-from server.workers.mirror import MirrorRegistry, OwnerClient, worker_identity
+from server.workers.mirror import MirrorRegistry, worker_identity
+from server.workers.owner_client import OwnerClient
 from server.workers.wire import INDEX_ENV, OWNER_ENV
 
 log = logging.getLogger("electra.worker")

@@ -29,6 +29,7 @@ from server.api.http.exchange import (
     until_disconnect,
 )
 from server.api.http.hot_path import hot, tracked
+from server.api.kserve import openapi as kdoc
 from server.api.kserve import tensors as t
 from server.api.kserve.dataplane import PROTOCOL, InferOutcome, V2Dataplane, shorter_timeout
 from server.api.repository import RepositoryControl
@@ -178,23 +179,23 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
     @router.get(
         "/v2",
         summary="Server metadata (name, version, extensions)",
-        responses={**doc.ok(doc.ServerMetadata, "Server metadata"), **doc.errors(401)},
+        responses={**doc.ok(kdoc.ServerMetadata, "Server metadata"), **doc.errors(401)},
     )
     async def server_metadata() -> Response:
         return json_response(plane.server_metadata())
 
-    @router.get("/v2/health/live", responses=_probe(doc.Live, "live"))
+    @router.get("/v2/health/live", responses=_probe(kdoc.Live, "live"))
     async def live() -> Response:
         return json_response({"live": service.live}, 200 if service.live else 503)
 
-    @router.get("/v2/health/ready", responses=_probe(doc.Ready, "ready"))
+    @router.get("/v2/health/ready", responses=_probe(kdoc.Ready, "ready"))
     async def ready() -> Response:
         return json_response({"ready": service.ready}, 200 if service.ready else 503)
 
     @router.get(
         "/v2/models/stats",
         summary="Statistics of every model",
-        responses={**doc.ok(doc.ModelStats, "Triton's statistics"), **doc.errors(401)},
+        responses={**doc.ok(kdoc.ModelStats, "Triton's statistics"), **doc.errors(401)},
     )
     async def all_stats() -> Response:
         return await answer_async(plane.statistics)
@@ -202,8 +203,8 @@ def build_router(service: InferenceService, limits: HttpLimits, control: Reposit
     @router.post(
         "/v2/repository/index",
         summary="Models and their state",
-        openapi_extra=doc.json_body(doc.INDEX_REQUEST_SCHEMA),
-        responses={**doc.ok(doc.RepositoryIndex, "The repository index"), **doc.errors(*doc.BODY_ERRORS)},
+        openapi_extra=kdoc.json_body(kdoc.INDEX_REQUEST_SCHEMA),
+        responses={**doc.ok(kdoc.RepositoryIndex, "The repository index"), **doc.errors(*doc.BODY_ERRORS)},
     )
     async def repository_index(request: Request) -> Response:
         try:
@@ -234,12 +235,12 @@ def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpL
         return given
 
     # 400 also in every model control mode but explicit; 503 while the server shuts down.
-    control_responses = {**doc.ok(doc.Empty, "Done"), **doc.errors(*doc.BODY_ERRORS, 404, 422, 503)}
+    control_responses = {**doc.ok(kdoc.Empty, "Done"), **doc.errors(*doc.BODY_ERRORS, 404, 422, 503)}
 
     @router.post(
         "/v2/repository/models/{name}/load",
         summary="Load or reload a model (explicit model control)",
-        openapi_extra=doc.json_body(doc.LOAD_REQUEST_SCHEMA),
+        openapi_extra=kdoc.json_body(kdoc.LOAD_REQUEST_SCHEMA),
         responses=control_responses,
     )
     async def load(name: str, request: Request) -> Response:
@@ -252,7 +253,7 @@ def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpL
     @router.post(
         "/v2/repository/models/{name}/unload",
         summary="Unload a model (explicit model control)",
-        openapi_extra=doc.json_body(doc.LOAD_REQUEST_SCHEMA),
+        openapi_extra=kdoc.json_body(kdoc.LOAD_REQUEST_SCHEMA),
         responses=control_responses,
     )
     async def unload(name: str, request: Request) -> Response:
@@ -275,7 +276,7 @@ def _model_routes(
     @router.get(
         prefix,
         summary="Model metadata (tensors)",
-        responses={**doc.ok(doc.ModelMetadata, "Model metadata"), **doc.errors(*doc.MODEL_ERRORS)},
+        responses={**doc.ok(kdoc.ModelMetadata, "Model metadata"), **doc.errors(*doc.MODEL_ERRORS)},
     )
     async def model_metadata(name: str, version: str = "") -> Response:
         return answer(lambda: plane.model_metadata(name, version))
@@ -283,8 +284,8 @@ def _model_routes(
     @router.get(
         f"{prefix}/ready",
         responses={
-            **doc.ok(doc.ModelReady, "Ready"),
-            503: {"model": doc.ModelReady, "description": "Loaded but not ready"},
+            **doc.ok(kdoc.ModelReady, "Ready"),
+            503: {"model": kdoc.ModelReady, "description": "Loaded but not ready"},
             **doc.errors(*doc.MODEL_ERRORS),
         },
     )
@@ -298,7 +299,7 @@ def _model_routes(
     @router.get(
         f"{prefix}/config",
         summary="Triton model configuration",
-        responses={**doc.ok(doc.ModelConfig, "Triton model configuration"), **doc.errors(*doc.MODEL_ERRORS)},
+        responses={**doc.ok(kdoc.ModelConfig, "Triton model configuration"), **doc.errors(*doc.MODEL_ERRORS)},
     )
     async def model_config(name: str, version: str = "") -> Response:
         return answer(lambda: plane.model_config(name, version))
@@ -306,7 +307,7 @@ def _model_routes(
     @router.get(
         f"{prefix}/stats",
         summary="Triton model statistics",
-        responses={**doc.ok(doc.ModelStats, "Triton's statistics"), **doc.errors(*doc.MODEL_ERRORS)},
+        responses={**doc.ok(kdoc.ModelStats, "Triton's statistics"), **doc.errors(*doc.MODEL_ERRORS)},
     )
     async def model_stats(name: str, version: str = "") -> Response:
         return await answer_async(lambda: plane.statistics(name, version))
@@ -327,8 +328,8 @@ def _model_routes(
     summary = "Inference over BYTES tensors (JSON or binary)"
     documented: dict[str, Any] = {
         "summary": summary,
-        "openapi_extra": doc.infer_openapi_extra(),
-        "responses": doc.infer_responses(),
+        "openapi_extra": kdoc.infer_openapi_extra(),
+        "responses": kdoc.infer_responses(),
     }
     if "{version}" in prefix:
 

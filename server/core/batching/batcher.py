@@ -20,19 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from server.core.batching import selection
+from server.core.batching.admission import Admission
 from server.core.batching.execution import BatchExecution, ModelInputs, Outcome, RunFn
 from server.core.batching.interface import SubmitResult
 from server.core.batching.queue import QueuedRequest, QueuedRow, RequestQueue
 from server.core.batching.selection import BatchLimits, Selector
 from server.core.batching.supervision import Supervision
 from server.core.config import BatchPolicy
-from server.core.errors import ErrorKind, ServeError, too_large
+from server.core.errors import ErrorKind, ServeError
 from server.core.observer import BatchObserver, NullBatchObserver
 from server.core.rows import Row
 
@@ -80,6 +80,7 @@ class DynamicBatcher:
         )
 
         self._queue = RequestQueue(self.limits.window_size, self._on_depth)
+        self.admission = Admission(name, policy, self._queue, self._on_drop)
         self._inflight = 0
         self._inflight_tasks: set[asyncio.Task[None]] = set()
         # One batch more than there are threads: while every thread is busy the loop stages the
@@ -93,7 +94,6 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = True
         self._stopped = False
-        self._batch_seconds_ewma: float | None = None
         self.executions = 0  # model runs that succeeded (Triton's execution_count)
 
     # -- public ------------------------------------------------------------------------------
@@ -141,22 +141,7 @@ class DynamicBatcher:
 
     def check_capacity(self) -> None:
         """Refuse (429) while the queue is full: a request would be tokenized only to be refused."""
-        if not self.accepting:
-            raise self._not_accepting()
-        if self._queue.depth >= self.policy.max_queue_size:
-            self._notify(self._observer.on_drop, "overload")
-            raise self._overloaded()
-
-    def _not_accepting(self) -> ServeError:
-        why = "is shutting down" if not self.supervision.died else "is not running (its batching loop failed)"
-        return ServeError(ErrorKind.UNAVAILABLE, f"model {self.name} {why}")
-
-    def _overloaded(self) -> ServeError:
-        return ServeError(
-            ErrorKind.OVERLOADED,
-            f"model {self.name} is overloaded: {self._queue.depth} inputs queued (max {self.policy.max_queue_size})",
-            retry_after_s=self._retry_after(),
-        )
+        self.admission.check_capacity(self.accepting, self.supervision.died)
 
     async def submit(self, rows: Sequence[Row], deadline: float | None = None) -> SubmitResult:
         """Run rows through the model (possibly batched with other requests' rows).
@@ -180,28 +165,10 @@ class DynamicBatcher:
         if self._task is None and not self._stopped:
             self.start()
         if not self.accepting:
-            raise self._not_accepting()
-        n = len(rows)
-        for row in rows:
-            if len(row) == 0 or row.input_ids.ndim != 1 or row.token_type_ids.shape != row.input_ids.shape:
-                raise ServeError(
-                    ErrorKind.INTERNAL,
-                    f"malformed model input: input_ids {row.input_ids.shape}, "
-                    f"token_type_ids {row.token_type_ids.shape}",
-                )
+            raise self.admission.not_accepting(self.supervision.died)
         now = time.monotonic()
-        if deadline is not None and deadline <= now:
-            self._notify(self._observer.on_drop, "deadline")
-            raise ServeError(ErrorKind.DEADLINE_EXCEEDED, "the request's deadline passed before it was queued")
-        share = self.policy.request_rows_limit
-        if n > share:
-            raise too_large(
-                f"the request needs {n} model inputs; one request may queue at most {share} "
-                f"(a share of the queue of {self.policy.max_queue_size})"
-            )
-        if self._queue.depth + n > self.policy.max_queue_size:
-            self._notify(self._observer.on_drop, "overload")
-            raise self._overloaded()
+        self.admission.check(rows, deadline, now)
+        n = len(rows)
 
         assert self._loop is not None
         request = QueuedRequest(
@@ -224,7 +191,7 @@ class DynamicBatcher:
         if not request.closed:
             dropped = self._queue.close(request)
             if dropped:
-                self._notify(self._observer.on_drop, "cancelled")
+                self._on_drop("cancelled")
             self._update_idle()
         if request.future is not None and not request.future.done():
             request.future.cancel()
@@ -380,11 +347,7 @@ class DynamicBatcher:
         if outcome.any_succeeded:
             self.executions += 1
             self._notify(self._observer.on_batch, rows, real_tokens, padded_tokens, outcome.seconds)
-            self._batch_seconds_ewma = (
-                outcome.seconds
-                if self._batch_seconds_ewma is None
-                else 0.8 * self._batch_seconds_ewma + 0.2 * outcome.seconds
-            )
+            self.admission.batch_ran(outcome.seconds)
         self.supervision.ran(outcome, self._probe)
 
     async def _probe(self) -> None:
@@ -453,7 +416,7 @@ class DynamicBatcher:
             return  # everything already runs: let it finish
         waited = time.monotonic() - request.submitted
         self._queue.close(request)
-        self._notify(self._observer.on_drop, "deadline")
+        self._on_drop("deadline")
         if request.future is not None and not request.future.done():
             request.future.set_exception(
                 ServeError(
@@ -470,12 +433,8 @@ class DynamicBatcher:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _retry_after(self) -> float:
-        """Seconds until the queue has likely drained enough, from recent batch times."""
-        if self._batch_seconds_ewma is None:
-            return 1.0
-        batches = math.ceil(self._queue.depth / self.policy.max_batch_size) / self.policy.max_inflight_batches
-        return float(max(1, math.ceil(batches * self._batch_seconds_ewma)))
+    def _on_drop(self, reason: str) -> None:
+        self._notify(self._observer.on_drop, reason)
 
     def _on_depth(self, depth: int) -> None:
         self._notify(self._observer.on_queue_depth, depth)
