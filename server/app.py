@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from server.api.http import hf, rest
+from server.api.http import hf, rerank, rest
 from server.api.http.exchange import HttpLimits, error_response, json_response
 from server.api.http.hot_path import Guard, HotPathDispatcher, hot_routes
 from server.api.kserve import http_routes as v2_http
@@ -36,6 +36,7 @@ def build_app(
     routers = [
         rest.build_router(service, limits, exposition),
         hf.build_router(service, limits),
+        rerank.build_router(service, limits),
         v2_http.build_router(service, limits, control),
     ]
     for router in routers:

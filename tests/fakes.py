@@ -29,7 +29,9 @@ def manifest_json(name: str, task: str, max_seq_len: int = 32, labels: list[str]
         "name": name,
         "task": task,
         "max_seq_len": max_seq_len,
-        "labels": labels if labels is not None else (LABELS if task == "classify" else []),
+        "labels": labels
+        if labels is not None
+        else (LABELS if task == "classify" else ["LABEL_0"] if task == "rerank" else []),
         "problem_type": "single_label_classification" if task == "classify" else None,
         "variants": {
             "fp32": {"file": "model.onnx", "sha256": "0" * 64, "parity": {"max_abs_error": 1e-6, "top1_agreement": 1.0}}
@@ -77,12 +79,14 @@ class FakeRuntime:
         self.manifest = manifest
         self.task = manifest.task
         self.precision = precision
-        self.sequence_outputs: tuple[str, ...] = () if self.task == "classify" else manifest.output_names
+        self.sequence_outputs: tuple[str, ...] = () if self.task in ("classify", "rerank") else manifest.output_names
         self.calls: list[tuple[int, int]] = []
         self.gate: threading.Event | None = None
         self.fail = False
         self.marker_id: int | None = None
         self.marker = "error"
+        # rerank: a row's logit is 2 x (occurrences of this token id) - 1, else its length / 10.
+        self.relevant_id: int | None = None
         self.closed = False
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray) -> dict:
@@ -101,6 +105,15 @@ class FakeRuntime:
         n = attention_mask.sum(axis=1).astype(np.float32)
         if self.task == "classify":
             return {"logits": np.stack([n, -n, np.zeros_like(n)], axis=1)}
+        if self.task == "rerank":
+            if self.relevant_id is None:
+                logit = n / 10
+            else:
+                logit = 2 * ((input_ids == self.relevant_id) & (attention_mask > 0)).sum(axis=1).astype(np.float32) - 1
+            heads = max(1, len(self.manifest.labels))
+            return {
+                "logits": np.stack([logit * k for k in range(1, heads + 1)], axis=1) if heads > 1 else logit[:, None]
+            }
         if self.task == "qa":
             values = (input_ids % 7 - 3).astype(np.float32)
             return {"start_logits": values, "end_logits": -values}

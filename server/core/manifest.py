@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 
-Task = Literal["discriminate", "classify", "qa", "tag"]
+Task = Literal["discriminate", "classify", "qa", "tag", "rerank"]
+# How a cross-encoder's logits become its relevance score (see Manifest.score_activation).
+ScoreActivation = Literal["sigmoid", "identity", "softmax"]
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")
 
@@ -24,6 +26,7 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "classify": ("logits",),
     "tag": ("logits",),
     "qa": ("start_logits", "end_logits"),
+    "rerank": ("logits",),
 }
 INPUT_NAMES: tuple[str, ...] = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -81,6 +84,12 @@ class Manifest(BaseModel):
     max_seq_len: int
     labels: list[str] = Field(default_factory=list)
     problem_type: str | None = None
+    # rerank only. One logit: the score is `score_activation` of it (sigmoid or identity, as the
+    # sentence-transformers CrossEncoder's activation says; its raw score is the logit). Two logits:
+    # "softmax", the score is the probability of `relevant_label` (its raw score is that logit minus
+    # the other: the softmax probability is the sigmoid of it).
+    score_activation: ScoreActivation | None = None
+    relevant_label: str | None = None
     tokenizer: str = "tokenizer.json"
     # Checked at load when present (exports since 0.3); older repositories have none.
     tokenizer_sha256: str | None = None

@@ -93,6 +93,9 @@ class ModelVersion:
             "evaluation": self.manifest.evaluation.model_dump() if self.manifest.evaluation else None,
             "ready": self.ready,
         }
+        if self.manifest.task == "rerank":
+            described["score_activation"] = self.manifest.score_activation
+            described["relevant_label"] = self.manifest.relevant_label
         return described
 
 

@@ -81,7 +81,7 @@ def sha256_of(path: Path) -> str:
 
 def sequence_output_names(manifest: Manifest) -> tuple[str, ...]:
     """Outputs with a sequence axis (axis 1), which must be cut back to each row's own length."""
-    return () if manifest.task == "classify" else manifest.output_names
+    return () if manifest.task in ("classify", "rerank") else manifest.output_names
 
 
 def _round_up(n: int, fine_until: int, step: int) -> int:

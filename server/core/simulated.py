@@ -55,7 +55,7 @@ class SimulatedRuntime:
         started = time.perf_counter()
         values = ((input_ids % 13).astype(np.float32) - 6.0) / 3.0
         task = self.manifest.task
-        if task == "classify":
+        if task in ("classify", "rerank"):
             pooled = values.mean(axis=1, keepdims=True)
             outputs = {"logits": pooled * np.arange(1, self.labels + 1, dtype=np.float32)}
         elif task == "qa":

@@ -63,6 +63,9 @@ def test_the_hot_routes_are_the_inference_routes(dispatcher: Any) -> None:
         "/models/{name}",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",
+        "/rerank",
+        "/v1/rerank",
+        "/v2/rerank",
     }
 
 

@@ -18,15 +18,6 @@ from server.settings import Settings
 from tests.fakes import FakeRuntimes, run_json, write_model
 
 
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.synthetic import save_tokenizer
-
-    directory = tmp_path_factory.mktemp("tokenizer")
-    save_tokenizer(directory)
-    return directory / "tokenizer.json"
-
-
 @pytest.fixture
 def repository(tmp_path: Path) -> Path:
     return tmp_path / "models"

@@ -23,16 +23,6 @@ from server.core.tokenizer import TokenizerPool
 from server.settings import Settings
 from tests.fakes import LABELS, FakeRuntime, FakeRuntimes, run_json, write_model
 
-
-@pytest.fixture(scope="module")
-def tokenizer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from export.synthetic import save_tokenizer
-
-    directory = tmp_path_factory.mktemp("tokenizer")
-    save_tokenizer(directory)
-    return directory / "tokenizer.json"
-
-
 Build = Callable[..., Awaitable[tuple[InferenceService, dict[str, FakeRuntime]]]]
 
 

@@ -79,6 +79,15 @@ INPUTS: dict[str, dict[str, Any]] = {
     ),
     "tag": _one_or_many(_TEXT),
     "discriminate": _one_or_many(_TEXT),
+    "rerank": {
+        "type": "object",
+        "required": ["query", "documents"],
+        "properties": {
+            "query": {"type": "string", "minLength": 1},
+            "documents": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        },
+        "additionalProperties": False,
+    },
 }
 
 

@@ -19,7 +19,7 @@ import orjson
 
 from server.core.errors import ErrorKind, ServeError, too_large
 from server.core.manifest import Manifest
-from server.core.tasks import classify, qa
+from server.core.tasks import classify, qa, rerank
 
 BYTES = "BYTES"
 # KServe datatype -> little-endian numpy dtype (None: BYTES, which has no fixed width).
@@ -65,6 +65,7 @@ _INPUTS: dict[str, tuple[TensorSpec, ...]] = {
     "qa": (TensorSpec("QUESTION", BYTES, (1,)), TensorSpec("CONTEXT", BYTES, (1,))),
     "tag": (TensorSpec("TEXT", BYTES, (1,)),),
     "discriminate": (TensorSpec("TEXT", BYTES, (1,)),),
+    "rerank": (TensorSpec("QUERY", BYTES, (1,)), TensorSpec("DOCUMENT", BYTES, (1,))),
 }
 
 
@@ -271,6 +272,8 @@ def task_items(task: str, batch: Batch) -> list[Any]:
         ]
     if task == "qa":
         return [qa.item(q, ctx, f"row {i}") for i, (q, ctx) in enumerate(zip(c["QUESTION"], c["CONTEXT"], strict=True))]
+    if task == "rerank":
+        return [rerank.pair(q, d, f"row {i}") for i, (q, d) in enumerate(zip(c["QUERY"], c["DOCUMENT"], strict=True))]
     return list(c["TEXT"])
 
 

@@ -56,15 +56,12 @@ from server.core.tasks.base import Encoded, TaskHandler
 from server.core.tasks.common import (
     check_rows,
     item_inputs,
-    max_tokens,
     min_advance,
-    refuse_rows,
-    tokens_within,
-    window_count,
 )
+from server.core.tasks.pair_windows import check_pair_windows
 from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
 from server.core.tasks.qa_spans import NO_NULL_SCORE, best_span_logit, char_span, select_starts_ends
-from server.core.tasks.token_budget import Count, count_each, count_tokens, one_length
+from server.core.tasks.token_budget import Count
 
 # Each answer is a span the decoder walks for every window: a bound keeps that work small.
 MAX_TOP_K = 100
@@ -173,53 +170,6 @@ def resolve_params(given: Mapping[str, Any], manifest: Manifest) -> QaParams:
     )
 
 
-def _check_windows(tokenizer: Tokenizer, items: list[Item], params: QaParams, max_rows: int | None) -> None:
-    """Refuse, with a clear message and before any window is built, the items whose windows could not
-    advance (or would barely advance), and requests that would need more than `max_rows` windows.
-
-    Each window holds max_seq_len - specials - question tokens of context; consecutive windows
-    share doc_stride of them. When that room is not larger than doc_stride and the context does
-    not fit in one window, the Rust tokenizer fails (or panics): say why instead. `max_tokens`
-    bounds a context's tokens without tokenizing it: contexts are only counted here when that
-    bound is not enough to decide, and then only as far as the windows still allowed reach
-    (token_budget), so a refusal costs the budget's work, not the text's. Questions are counted
-    up to max_seq_len: a longer one leaves no room in any window."""
-    specials = tokenizer.num_special_tokens_to_add(True)
-    questions = count_each(tokenizer, [q for q, _ in items], params.max_seq_len)
-    rooms = [params.max_seq_len - specials - q.tokens for q in questions]
-    steps = [room - params.doc_stride for room in rooms]
-    bounds = [max_tokens(context) for _, context in items]
-    maybe_long = [i for i, room in enumerate(rooms) if bounds[i] > room]
-    tight = {i for i in maybe_long if rooms[i] <= 0 or steps[i] < min_advance(rooms[i])}
-    bound = (
-        len(items)
-        - len(maybe_long)
-        + sum(window_count(bounds[i], rooms[i], steps[i]) for i in maybe_long if i not in tight)
-    )
-    count_all = max_rows is not None and bound + len(tight) > max_rows
-    windows = len(items) - len(maybe_long)
-    later = len(maybe_long)  # windows the items not yet counted need at least
-    for i in maybe_long:
-        later -= 1
-        room, step, context = rooms[i], steps[i], items[i][1]
-        if i in tight:
-            counted = count_tokens(tokenizer, context, max(room, 0))
-            if not counted.exact:  # a one-word run was skipped: only the whole count can tell
-                counted = Count(one_length(tokenizer, context), len(context), True)
-            if counted.passed(room):
-                raise _no_room(items, i, questions[i], room, step, params, specials)
-            windows += 1  # fits in one window: nothing to stride over
-        elif not count_all:
-            windows += window_count(bounds[i], room, step)
-        else:
-            assert max_rows is not None  # count_all
-            counted = count_tokens(tokenizer, context, tokens_within(max_rows - windows - later, room, step))
-            windows += window_count(counted.tokens, room, step)
-            if windows + later > max_rows:
-                refuse_rows(windows + later, max_rows, exact=counted.exact and counted.end == len(context))
-    check_rows(windows, max_rows)
-
-
 def _no_room(
     items: list[Item], i: int, question: Count, room: int, step: int, params: QaParams, specials: int
 ) -> ServeError:
@@ -272,7 +222,14 @@ class QaTask(TaskHandler):
                 f"parameter doc_stride ({params.doc_stride}) must be at most max_seq_len minus "
                 f"{single_specials} special tokens ({params.max_seq_len - single_specials})"
             )
-        _check_windows(tokenizer, items, params, max_rows)
+        check_pair_windows(
+            tokenizer,
+            items,
+            params.max_seq_len,
+            params.doc_stride,
+            max_rows,
+            lambda i, question, room, step, specials: _no_room(items, i, question, room, step, params, specials),
+        )
         tokenizer.enable_truncation(
             max_length=params.max_seq_len, stride=params.doc_stride, strategy="only_second", direction="right"
         )

@@ -200,6 +200,26 @@ def prefix_for(tokenizer: Tokenizer, text: str, tokens: int, piece_chars: int | 
     return text if counted.end >= len(text) else text[: counted.end]
 
 
+def suffix_for(tokenizer: Tokenizer, text: str, tokens: int, piece_chars: int | None = None) -> str:
+    """A suffix of `text` whose tokens are the text's last tokens, at least `tokens` of them (or the
+    whole text): what truncation from the left keeps. Tails twice as long each time are cut at a
+    split point and tokenized until one holds enough tokens, so the work is a few times what is
+    kept, not the text's length."""
+    limit = piece_chars or PIECE_CHARS
+    split = splitter(tokenizer)
+    if len(text) <= limit or split is None:
+        return text
+    tokenizer.no_truncation()
+    size = max(256, 4 * (tokens + 1))
+    while size < len(text):
+        found = split.search(text, len(text) - size)
+        tail = text[found.start() :] if found is not None else ""
+        if one_length(tokenizer, tail) >= tokens:
+            return tail
+        size *= 2
+    return text
+
+
 def _lengths(tokenizer: Tokenizer, texts: list[str]) -> list[int]:
     if not texts:
         return []
