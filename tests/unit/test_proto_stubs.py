@@ -162,11 +162,12 @@ def test_typed_api_is_documented_and_versioned(protoc_python: Path, tmp_path: Pa
     assert electra.package == "electra.v1"
     (service,) = electra.service
     methods = {m.name: m for m in service.method}
-    assert set(methods) == {"Classify", "AnswerQuestion", "Tag", "Discriminate", "Stream"}
+    assert set(methods) == {"Classify", "AnswerQuestion", "Tag", "Discriminate", "Rerank", "Stream"}
     assert methods["Stream"].client_streaming and methods["Stream"].server_streaming
     source = (ROOT / "proto/electra/v1/electra.proto").read_text()
     # Parameters are proto3 `optional` ("unset = the REST default").
     messages = _messages(electra)
-    for name in (".electra.v1.ClassifyParameters", ".electra.v1.QaParameters", ".electra.v1.DiscriminateParameters"):
+    optional_only = ("Classify", "Qa", "Discriminate", "Rerank")
+    for name in (f".electra.v1.{kind}Parameters" for kind in optional_only):
         assert all(f.proto3_optional for f in messages[name].field), name
     assert "reserved" in source  # the rule for removed fields is written down

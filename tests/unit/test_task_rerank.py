@@ -6,6 +6,7 @@ CrossEncoder on exported models is in tests/export (the oracle needs real weight
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
+from server.api.grpc.server import create_grpc_server
 from server.api.http.exchange import HttpLimits
 from server.app import build_asgi
 from server.assembly import assemble
@@ -207,3 +209,57 @@ async def test_several_rerank_models_need_a_name(tokenizer_file: Path, tmp_path:
         named = await http.post("/rerank", json={"query": "q", "texts": ["a"], "model": "second"})
         assert named.status_code == 200 and named.headers["x-model-name"] == "second"
     await service.drain(5)
+
+
+# ------------------------------------------------------------------ typed gRPC and KServe v2
+
+
+async def test_typed_grpc_unary_and_stream(served: Any) -> None:
+    import grpc
+
+    from proto.electra.v1 import electra_pb2 as pb
+    from proto.electra.v1 import electra_pb2_grpc
+
+    _, _, service = served
+    server, _ = create_grpc_server(service, max_receive_bytes=1 << 22, max_send_bytes=1 << 22)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = electra_pb2_grpc.ElectraServiceStub(channel)
+            request = pb.RerankRequest(query="q", documents=["plain", "gold gold", "gold"], top_n=2)
+            response = await stub.Rerank(request)
+            assert response.model == "ranker" and [r.index for r in response.results] == [1, 2]
+            assert response.results[0].raw_score == pytest.approx(3.0)
+            assert response.results[0].score == pytest.approx(sigmoid(3.0)) and response.results[0].windows == 1
+            long = pb.RerankRequest(
+                query="q", documents=[FILLER * 6 + "gold"], parameters=pb.RerankParameters(aggregation="first")
+            )
+            assert (await stub.Rerank(long)).results[0].raw_score == pytest.approx(-1.0)
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.Rerank(pb.RerankRequest(query="", documents=["a"]))
+            assert failed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+            async def requests() -> AsyncIterator[pb.StreamRequest]:
+                yield pb.StreamRequest(id="a", rerank=pb.RerankRequest(query="q", documents=["x", "gold"]))
+                yield pb.StreamRequest(id="b", rerank=pb.RerankRequest(query="q", documents=[]))
+
+            answers = {r.id: r async for r in stub.Stream(requests())}
+            assert [d.index for d in answers["a"].rerank.results] == [1, 0] and answers["a"].status.code == 0
+            assert answers["b"].status.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    finally:
+        await server.stop(0)
+
+
+async def test_kserve_v2_takes_query_and_document_rows(served: Any) -> None:
+    post, _, _ = served
+    body = {
+        "inputs": [
+            {"name": "QUERY", "datatype": "BYTES", "shape": [2, 1], "data": ["q", "q"]},
+            {"name": "DOCUMENT", "datatype": "BYTES", "shape": [2, 1], "data": ["plain", "gold"]},
+        ]
+    }
+    response = await post("/v2/models/ranker/infer", body)
+    assert response.status_code == 200, response.text
+    rows = [json.loads(x) for x in response.json()["outputs"][0]["data"]]
+    assert [round(r["raw_score"], 6) for r in rows] == [-1.0, 1.0] and rows[1]["windows"] == 1

@@ -240,19 +240,73 @@ class DiscriminateResponse(_message.Message):
     model_version: str
     def __init__(self, model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[DiscriminateResult, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class RerankParameters(_message.Message):
+    __slots__ = ("truncate", "truncation_direction", "aggregation", "stride", "max_tokens_per_doc")
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATION_DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATION_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_DOC_FIELD_NUMBER: _ClassVar[int]
+    truncate: bool
+    truncation_direction: str
+    aggregation: str
+    stride: int
+    max_tokens_per_doc: int
+    def __init__(self, truncate: _Optional[bool] = ..., truncation_direction: _Optional[str] = ..., aggregation: _Optional[str] = ..., stride: _Optional[int] = ..., max_tokens_per_doc: _Optional[int] = ...) -> None: ...
+
+class RerankRequest(_message.Message):
+    __slots__ = ("model", "query", "documents", "top_n", "parameters", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    query: str
+    documents: _containers.RepeatedScalarFieldContainer[str]
+    top_n: int
+    parameters: RerankParameters
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., query: _Optional[str] = ..., documents: _Optional[_Iterable[str]] = ..., top_n: _Optional[int] = ..., parameters: _Optional[_Union[RerankParameters, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class RankedDocument(_message.Message):
+    __slots__ = ("index", "score", "raw_score", "windows")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    RAW_SCORE_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    score: float
+    raw_score: float
+    windows: int
+    def __init__(self, index: _Optional[int] = ..., score: _Optional[float] = ..., raw_score: _Optional[float] = ..., windows: _Optional[int] = ...) -> None: ...
+
+class RerankResponse(_message.Message):
+    __slots__ = ("model", "results", "model_version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    results: _containers.RepeatedCompositeFieldContainer[RankedDocument]
+    model_version: str
+    def __init__(self, model: _Optional[str] = ..., results: _Optional[_Iterable[_Union[RankedDocument, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class StreamRequest(_message.Message):
-    __slots__ = ("id", "classify", "answer_question", "tag", "discriminate")
+    __slots__ = ("id", "classify", "answer_question", "tag", "discriminate", "rerank")
     ID_FIELD_NUMBER: _ClassVar[int]
     CLASSIFY_FIELD_NUMBER: _ClassVar[int]
     ANSWER_QUESTION_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     id: str
     classify: ClassifyRequest
     answer_question: AnswerQuestionRequest
     tag: TagRequest
     discriminate: DiscriminateRequest
-    def __init__(self, id: _Optional[str] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., answer_question: _Optional[_Union[AnswerQuestionRequest, _Mapping]] = ..., tag: _Optional[_Union[TagRequest, _Mapping]] = ..., discriminate: _Optional[_Union[DiscriminateRequest, _Mapping]] = ...) -> None: ...
+    rerank: RerankRequest
+    def __init__(self, id: _Optional[str] = ..., classify: _Optional[_Union[ClassifyRequest, _Mapping]] = ..., answer_question: _Optional[_Union[AnswerQuestionRequest, _Mapping]] = ..., tag: _Optional[_Union[TagRequest, _Mapping]] = ..., discriminate: _Optional[_Union[DiscriminateRequest, _Mapping]] = ..., rerank: _Optional[_Union[RerankRequest, _Mapping]] = ...) -> None: ...
 
 class Timings(_message.Message):
     __slots__ = ("total_ms", "tokenization_ms", "queue_ms", "inference_ms")
@@ -277,13 +331,14 @@ class Status(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., retry_after_s: _Optional[float] = ...) -> None: ...
 
 class StreamResponse(_message.Message):
-    __slots__ = ("id", "status", "classify", "answer_question", "tag", "discriminate", "timings")
+    __slots__ = ("id", "status", "classify", "answer_question", "tag", "discriminate", "rerank", "timings")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CLASSIFY_FIELD_NUMBER: _ClassVar[int]
     ANSWER_QUESTION_FIELD_NUMBER: _ClassVar[int]
     TAG_FIELD_NUMBER: _ClassVar[int]
     DISCRIMINATE_FIELD_NUMBER: _ClassVar[int]
+    RERANK_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: Status
@@ -291,5 +346,6 @@ class StreamResponse(_message.Message):
     answer_question: AnswerQuestionResponse
     tag: TagResponse
     discriminate: DiscriminateResponse
+    rerank: RerankResponse
     timings: Timings
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., classify: _Optional[_Union[ClassifyResponse, _Mapping]] = ..., answer_question: _Optional[_Union[AnswerQuestionResponse, _Mapping]] = ..., tag: _Optional[_Union[TagResponse, _Mapping]] = ..., discriminate: _Optional[_Union[DiscriminateResponse, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[_Union[Status, _Mapping]] = ..., classify: _Optional[_Union[ClassifyResponse, _Mapping]] = ..., answer_question: _Optional[_Union[AnswerQuestionResponse, _Mapping]] = ..., tag: _Optional[_Union[TagResponse, _Mapping]] = ..., discriminate: _Optional[_Union[DiscriminateResponse, _Mapping]] = ..., rerank: _Optional[_Union[RerankResponse, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class ElectraServiceStub:
                 request_serializer=proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateRequest.SerializeToString,
                 response_deserializer=proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateResponse.FromString,
                 _registered_method=True)
+        self.Rerank = channel.unary_unary(
+                '/electra.v1.ElectraService/Rerank',
+                request_serializer=proto_dot_electra_dot_v1_dot_electra__pb2.RerankRequest.SerializeToString,
+                response_deserializer=proto_dot_electra_dot_v1_dot_electra__pb2.RerankResponse.FromString,
+                _registered_method=True)
         self.Stream = channel.stream_stream(
                 '/electra.v1.ElectraService/Stream',
                 request_serializer=proto_dot_electra_dot_v1_dot_electra__pb2.StreamRequest.SerializeToString,
@@ -92,6 +97,13 @@ class ElectraServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Rerank(self, request, context):
+        """A query's documents ranked by a cross-encoder (as /v1/rerank), best first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stream(self, request_iterator, context):
         """Any of the above, many at a time: requests are processed concurrently and each response
         is sent as soon as it is ready (not in request order), tagged with the request's `id`.
@@ -123,6 +135,11 @@ def add_ElectraServiceServicer_to_server(servicer, server):
                     servicer.Discriminate,
                     request_deserializer=proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateRequest.FromString,
                     response_serializer=proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateResponse.SerializeToString,
+            ),
+            'Rerank': grpc.unary_unary_rpc_method_handler(
+                    servicer.Rerank,
+                    request_deserializer=proto_dot_electra_dot_v1_dot_electra__pb2.RerankRequest.FromString,
+                    response_serializer=proto_dot_electra_dot_v1_dot_electra__pb2.RerankResponse.SerializeToString,
             ),
             'Stream': grpc.stream_stream_rpc_method_handler(
                     servicer.Stream,
@@ -238,6 +255,33 @@ class ElectraService:
             '/electra.v1.ElectraService/Discriminate',
             proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateRequest.SerializeToString,
             proto_dot_electra_dot_v1_dot_electra__pb2.DiscriminateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rerank(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/electra.v1.ElectraService/Rerank',
+            proto_dot_electra_dot_v1_dot_electra__pb2.RerankRequest.SerializeToString,
+            proto_dot_electra_dot_v1_dot_electra__pb2.RerankResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,9 +14,9 @@ from google.protobuf.message import Message
 
 from proto.electra.v1 import electra_pb2 as pb
 from server.api.grpc.calls import decode, holding_body, inference_unary, request_id_of, status_code, stream
-from server.core.errors import ErrorKind, ServeError
+from server.core.errors import ErrorKind, ServeError, too_large
 from server.core.service import Call, InferenceService, Result, TaskRequest
-from server.core.tasks import classify, qa
+from server.core.tasks import classify, qa, rerank
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ElectraService"].full_name
 PROTOCOL = "grpc"
@@ -67,17 +67,34 @@ def discriminate_parameters(request: pb.DiscriminateRequest) -> dict[str, Any]:
     return _optional(request.parameters, "threshold")
 
 
+def rerank_items(request: pb.RerankRequest) -> list[Any]:
+    if len(request.documents) > rerank.MAX_DOCUMENTS:
+        raise too_large(f"{len(request.documents)} documents; at most {rerank.MAX_DOCUMENTS} may be reranked at once")
+    if not request.documents:
+        raise ServeError(ErrorKind.INVALID_INPUT, "documents must not be empty")
+    return [rerank.pair(request.query, d, f"documents[{i}]") for i, d in enumerate(request.documents)]
+
+
+def rerank_parameters(request: pb.RerankRequest) -> dict[str, Any]:
+    given = _optional(request.parameters, "aggregation", "stride", "max_tokens_per_doc", "truncation_direction")
+    if request.parameters.HasField("truncate"):
+        given["truncate"] = "cut" if request.parameters.truncate else "windows"
+    if "truncation_direction" in given:
+        given["truncation_direction"] = given["truncation_direction"].lower()
+    return given
+
+
 # ---------------------------------------------------------------- list-shaped results -> responses
 
 
-def classify_response(model: str, values: list[Any]) -> pb.ClassifyResponse:
+def classify_response(model: str, values: list[Any], request: Any = None) -> pb.ClassifyResponse:
     return pb.ClassifyResponse(
         model=model,
         results=[pb.ClassifyResult(labels=[pb.LabelScore(**entry) for entry in ranked]) for ranked in values],
     )
 
 
-def qa_response(model: str, values: list[Any]) -> pb.AnswerQuestionResponse:
+def qa_response(model: str, values: list[Any], request: Any = None) -> pb.AnswerQuestionResponse:
     return pb.AnswerQuestionResponse(
         model=model, results=[pb.QaResult(answers=[pb.Answer(**a) for a in answers]) for answers in values]
     )
@@ -94,11 +111,11 @@ def _entity(entity: dict[str, Any]) -> pb.Entity:
     )
 
 
-def tag_response(model: str, values: list[Any]) -> pb.TagResponse:
+def tag_response(model: str, values: list[Any], request: Any = None) -> pb.TagResponse:
     return pb.TagResponse(model=model, results=[pb.TagResult(entities=[_entity(e) for e in v]) for v in values])
 
 
-def discriminate_response(model: str, values: list[Any]) -> pb.DiscriminateResponse:
+def discriminate_response(model: str, values: list[Any], request: Any = None) -> pb.DiscriminateResponse:
     return pb.DiscriminateResponse(
         model=model,
         results=[
@@ -112,6 +129,17 @@ def discriminate_response(model: str, values: list[Any]) -> pb.DiscriminateRespo
     )
 
 
+def rerank_response(model: str, values: list[Any], request: pb.RerankRequest) -> pb.RerankResponse:
+    top_n = request.top_n if request.HasField("top_n") and request.top_n > 0 else None
+    return pb.RerankResponse(
+        model=model,
+        results=[
+            pb.RankedDocument(index=i, score=v["score"], raw_score=v["raw_score"], windows=v["windows"])
+            for i, v in rerank.ranked(values, top_n)
+        ],
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class TypedTask:
     task: str  # the service's task name
@@ -120,7 +148,8 @@ class TypedTask:
     request_type: type[Message]
     items: Callable[[Any], list[Any]]
     parameters: Callable[[Any], dict[str, Any]]
-    response: Callable[[str, list[Any]], Message]
+    response: Callable[[str, list[Any], Any], Message]  # (model, results, the request)
+    size: Callable[[Any], int] = lambda request: len(request.inputs)
 
 
 TASKS = (
@@ -131,6 +160,8 @@ TASKS = (
     TypedTask("tag", "Tag", "tag", pb.TagRequest, text_items, tag_parameters, tag_response),
     TypedTask("discriminate", "Discriminate", "discriminate", pb.DiscriminateRequest, text_items,
               discriminate_parameters, discriminate_response),
+    TypedTask("rerank", "Rerank", "rerank", pb.RerankRequest, rerank_items, rerank_parameters, rerank_response,
+              size=lambda request: len(request.documents)),
 )  # fmt: skip
 BY_FIELD = {t.field: t for t in TASKS}
 
@@ -150,7 +181,7 @@ class ElectraServicer:
         self.service = service
 
     async def run(self, spec: TypedTask, request: Any, call: Call) -> tuple[Message, Result]:
-        self.service.check_size(len(request.inputs))  # before any item is built
+        self.service.check_size(spec.size(request))  # before any item is built
         work = TaskRequest(
             spec.task,
             request.model or None,
@@ -159,7 +190,7 @@ class ElectraServicer:
             given=spec.parameters(request),
         )
         result = await self.service.infer(call, work)
-        response = spec.response(result.model, result.values)
+        response = spec.response(result.model, result.values, request)
         response.model_version = result.version  # type: ignore[attr-defined]
         return response, result
 
