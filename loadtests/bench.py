@@ -22,7 +22,8 @@ Per load: throughput, p50/p90/p99, errors, mean batch size and padding ratio (sc
 the machine used meanwhile. Everything runs on 127.0.0.1, bounded in time.
 
 Outputs (loadtests/results/ by default): bench.md (the table), bench.json (raw results),
-throughput_vs_concurrency.png, latency_vs_load.png; the servers' logs go to logs.tmp/ (git-ignored).
+throughput_vs_concurrency.png, latency_vs_load.png, the servers' logs under logs.tmp/. All of it is
+git-ignored but bench.md, the latest run's summary (the figures that matter go to docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,7 @@ from tokenizers import Tokenizer
 from loadtests import data, procstat, report
 from loadtests.clients import perf_analyzer as pa
 from loadtests.clients import python_client, wrk
+from loadtests.context import Context, Plan, log
 from loadtests.offline import OfflineBench, OfflineConfig, encode_items, grid, padding_ratio, plan_batches
 from loadtests.peers import PEERS, parse_peers
 from loadtests.peers import phase as peers_phase
@@ -62,30 +64,6 @@ from server.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
-
-
-@dataclass
-class Plan:
-    quick: bool
-    duration_s: float  # per closed-loop point
-    open_duration_s: float
-    rounds: int
-    round_s: float  # REST @32 in each side-by-side round
-    qa_duration_s: float
-    concurrencies: list[int]
-    open_fractions: list[float]
-    n_texts: int
-    offline_rows: int
-    sweep_batches: list[int]
-    n_qa: int
-    qa_concurrency: int
-    naive_concurrencies: list[int]
-    versus_rounds: int
-    warmup_s: float
-    pa_requests: int  # perf_analyzer: requests per measurement window (at least 2 x concurrency)
-    # gRPC (unary and Stream) and KServe v2 (REST gets `concurrencies`); at 32 clients the closed
-    # loop reuses the side-by-side rounds' runs, so a quick run adds no closed-loop gRPC time.
-    other_concurrencies: list[int]
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -125,46 +103,6 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.rounds is not None:
         plan.rounds = args.rounds
     return plan
-
-
-@dataclass
-class Context:
-    args: argparse.Namespace
-    plan: Plan
-    out: Path
-    scratch: Path
-    logs: Path
-    repository: Path
-    model: str
-    qa_model: str | None
-    checkpoint: Path | None
-    bodies: Path
-    bodies_list: list[dict[str, Any]]
-    qa_bodies: Path | None
-    pa_data: Path | None
-    server: ServerProcess | None = None
-    server_cores: list[int] | None = None
-    client_prefix: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    protocols: dict[str, bool] = field(default_factory=dict)
-    ab_server: ServerProcess | None = None
-    argv: list[str] | None = None  # as given to main (None: sys.argv)
-    started: float = 0.0  # time.monotonic() at the start of the run
-    dataset: str = ""  # the inputs, described for the report
-    cores: int = 1
-    client_cores: list[int] | None = None
-    phases: set[str] = field(default_factory=set)
-
-    @property
-    def server_core_count(self) -> int:
-        return len(self.server_cores) if self.server_cores else self.cores
-
-    def log(self, message: str) -> None:
-        log(message)
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 # ---------------------------------------------------------------- setup
@@ -358,7 +296,7 @@ def load(
             target="grpc" if protocol in ("grpc", "grpc-stream") else "http",
             protocol=protocol,
             url=server.url + ("/v1/classify" if task == "classify" else "/v1/qa"),
-            address=f"{HOST}:{server.grpc_port}",
+            address=server.grpc_target,
             bodies_file=bodies,
             task=task,
             mode="closed" if rate is None else "open",
@@ -865,7 +803,7 @@ def setup(argv: list[str] | None) -> Context:
     plan = make_plan(args)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
-    scratch = out / "inputs.tmp"  # *.tmp under results/ is git-ignored
+    scratch = out / "inputs.tmp"  # git-ignored, as all of results/ but bench.md
     scratch.mkdir(exist_ok=True)
     logs = out / "logs.tmp"  # the servers' logs, kept for a look when something fails
     logs.mkdir(exist_ok=True)

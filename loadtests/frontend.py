@@ -34,7 +34,6 @@ from loadtests.servers import ServerProcess, electra_server
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATE = 8000.0  # seq/s an H200 runs ELECTRA-large fp16 at in the GPU target
-GPU_HOST_CORES = 16
 
 
 @dataclass
@@ -167,8 +166,7 @@ def start(repository: Path, model: str, workers: int, log_dir: Path, extra: list
         repository, models=[model], log_path=log_dir / f"server-w{workers}.log",
         extra_args=["--runtime", "simulated", "--workers", str(workers), *extra],
     )  # fmt: skip
-    server.group = True  # the workers are its children: none may outlive it
-    return server.start()
+    return server.start()  # with --workers, a process group: none of its workers may outlive it
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

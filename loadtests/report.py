@@ -33,10 +33,6 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)) else seconds * 1000
 
 
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.1f}%"
-
-
 def times(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 

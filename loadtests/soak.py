@@ -1084,11 +1084,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"starting {described}")
             try:
                 server.start(timeout_s=300)
-            except (RuntimeError, TimeoutError) as exc:
+            except RuntimeError as exc:
                 log(f"the server did not start: {exc}")
                 _show_log(scratch / "server.log")
                 return 2
-            url, grpc_address, pid = server.url, f"{HOST}:{server.grpc_port}", server.pid
+            url, grpc_address, pid = server.url, server.grpc_target, server.pid
         protocols = offered_protocols_at(url, grpc_address)
         served = served_models(url)
         models = {task: m["name"] for task, m in served.items()}

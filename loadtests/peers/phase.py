@@ -17,18 +17,16 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from loadtests import procstat
 from loadtests.clients import python_client, wrk
+from loadtests.context import Context
 from loadtests.peers import PEERS, Batching, Launch, Peer, PeerFiles, bodies_lines, figures
 from loadtests.peers.venv import PeerUnavailable, ensure_venv, last_error
 from loadtests.servers import ServerProcess, electra_server, free_port, pinned
-
-if TYPE_CHECKING:
-    from loadtests.bench import Context
 
 OURS = figures.OURS
 CHECKED_TEXTS = 16  # answers compared with ours before any load (the same model, really)
@@ -85,13 +83,14 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
         bodies = ctx.scratch / f"bodies-peer-{name}.jsonl"
         bodies.write_bytes(bodies_lines(peer, ctx.model, texts))
         server = ServerProcess(
-            name,
-            pinned(launch.command, ctx.server_cores),
+            None,
             launch.http_port,
-            ready_path=launch.ready_path,
-            env={**launch.env, "PATH": f"{Path(launch.command[0]).parent}:/usr/local/bin:/usr/bin:/bin"},
             log_path=ctx.logs / f"peer-{name}.log",
+            extra_env={**launch.env, "PATH": f"{Path(launch.command[0]).parent}:/usr/local/bin:/usr/bin:/bin"},
+            name=name,
+            command=pinned(launch.command, ctx.server_cores),
             cwd=launch.cwd or cache / name,  # where a peer writes files of its own
+            ready_path=launch.ready_path,
             group=True,
         )
         contenders.append(Contender(name, peer.title, server, launch.url_path, bodies, peer))

@@ -4,79 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.processes import terminate
+# The server-process harness is the benches' too (loadtests/servers.py); the end-to-end tests
+# import these names from here.
+from loadtests.servers import ROOT, ServerProcess, free_port, start_server
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen
-    http_port: int
-    grpc_port: int
-    repository: Path
-    log_path: Path
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self, timeout_s: float = 240.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-4000:]}")
-            try:
-                if httpx.get(f"{self.url}/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"server not ready after {timeout_s}s:\n{self.log()[-4000:]}")
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        return terminate(self.process, timeout_s)
-
-
-def start_server(
-    repository: Path, log_path: Path, *args: str, env: dict[str, str] | None = None, module: str = "server"
-) -> ServerProcess:
-    """Start `python -m server` (or another entry point taking its flags) on free loopback ports
-    (not yet waited for)."""
-    http_port, grpc_port = free_port(), free_port()
-    command = [
-        sys.executable, "-m", module, "--model-repository", str(repository),
-        "--host", "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port), *args,
-    ]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    handle = open(log_path, "w")  # noqa: SIM115 - the child owns it for its lifetime
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=ROOT)
-    return ServerProcess(process, http_port, grpc_port, repository, log_path, env or {})
+__all__ = ["ROOT", "ServerProcess", "free_port", "serve_as", "start_server"]
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -32,7 +33,7 @@ from loadtests.peers import (
 from loadtests.peers import venv as peer_venv
 from loadtests.peers.phase import hf_layout
 from loadtests.report import plot_peers, render, targets
-from loadtests.servers import ServerProcess
+from loadtests.servers import ServerProcess, free_port
 
 # -- arguments --------------------------------------------------------------------------------------
 
@@ -390,8 +391,8 @@ def _group_alive(pgid: int) -> bool:
 def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
     # A parent that forks a worker which ignores SIGTERM, as a stuck inference worker would.
     script = "trap '' TERM; sleep 60 & trap 'exit 0' TERM; wait"
-    server = ServerProcess("forking", ["sh", "-c", script], 1, group=True, group_grace_s=0.5)
-    server.process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    server = ServerProcess(None, 1, name="forking", command=["sh", "-c", script], group=True, group_grace_s=0.5)
+    server.launch()
     time.sleep(0.3)
     assert len(procstat.tree_pids(server.pid)) >= 2
     assert procstat.tree_cpu_seconds(server.pid) >= 0.0
@@ -402,10 +403,20 @@ def test_stop_ends_the_whole_process_group(tmp_path: Path) -> None:
 
 
 def test_stop_without_group_signals_the_leader_only() -> None:
-    server = ServerProcess("plain", ["sleep", "30"], 1)
-    server.process = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    server = ServerProcess(subprocess.Popen(["sleep", "30"], start_new_session=True), 1, name="plain")
     assert server.stop(timeout_s=5) == -signal.SIGTERM
     assert server.stop() == -signal.SIGTERM  # stopping twice is harmless
+
+
+def test_a_server_that_exits_before_it_is_ready_is_reported_with_its_log(tmp_path: Path) -> None:
+    server = ServerProcess(
+        None, free_port(), name="broken", command=["sh", "-c", "echo no model here; exit 3"], log_path=tmp_path / "log"
+    )
+    with pytest.raises(RuntimeError, match=r"broken exited with 3:\n.*no model here"):
+        server.launch().wait_ready(timeout_s=30)
+    with pytest.raises(RuntimeError, match=re.escape(f"broken exited with 3; see {tmp_path / 'log'}")):
+        server.start(timeout_s=30)  # the benches' way: the log's path, not its text
+    assert server.stop() == 3
 
 
 def _states(pgid: int) -> set[str]:
@@ -419,8 +430,8 @@ def _states(pgid: int) -> set[str]:
 
 def test_pause_stops_the_whole_group_and_stop_still_ends_a_paused_one() -> None:
     script = "sleep 60 & wait"
-    server = ServerProcess("polling", ["sh", "-c", script], 1, group=True, group_grace_s=0.5)
-    server.process = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    server = ServerProcess(None, 1, name="polling", command=["sh", "-c", script], group=True, group_grace_s=0.5)
+    server.launch()
     time.sleep(0.3)
     server.pause()
     time.sleep(0.2)
