@@ -68,6 +68,9 @@ class TaskRequest:
     inputs: Any = None
     parameters: Any = None
     decode: DecodeFn | None = None  # replaces the task's decode (KServe v2 also returns LOGITS)
+    # Serves the request instead of the model's own task, on a model of `task` (zero-shot
+    # classification on an NLI classifier).
+    handler: TaskHandler | None = None
 
 
 @dataclass(slots=True)
@@ -284,8 +287,8 @@ class InferenceService:
         """Validate, tokenize, batch, run and decode one request. Raises ServeError."""
         self._admit()
         version = self.catalogue.resolve(request.task, request.model, request.version)
-        call.model, call.version, call.task = version.name, version.version, version.manifest.task
-        task = version.task
+        task = request.handler or version.task
+        call.model, call.version, call.task = version.name, version.version, task.task
         is_list = True
         if request.items is not None:
             items = request.items
@@ -302,14 +305,20 @@ class InferenceService:
             call.deadline = self.deadline_in(None)
         version.acquire()
         try:
-            values, timings = await self._run(version, items, params, call, request.decode)
+            values, timings = await self._run(version, task, items, params, call, request.decode)
         finally:
             version.release()
         call.timings = timings
         return Result(values, version.name, version.version, task, timings, is_list)
 
     async def _run(
-        self, version: ModelVersion, items: list[Any], params: Any, call: Call, decode: DecodeFn | None
+        self,
+        version: ModelVersion,
+        task: TaskHandler,
+        items: list[Any],
+        params: Any,
+        call: Call,
+        decode: DecodeFn | None,
     ) -> tuple[list[Any], Timings]:
         started = time.perf_counter()
         batcher = version.batcher
@@ -317,14 +326,14 @@ class InferenceService:
         batcher.check_capacity()
         max_rows = min(self.config.max_windows_per_request, batcher.policy.request_rows_limit)
         if text_chars(items, self.config.inline_tokenize_chars) <= self.config.inline_tokenize_chars:
-            encoded = _encode(version, items, params, max_rows)
+            encoded = _encode(version, task, items, params, max_rows)
         else:
-            encoded = await self._off_loop(_encode, version, items, params, max_rows)
+            encoded = await self._off_loop(_encode, version, task, items, params, max_rows)
         tokenized = time.perf_counter()
         rows = [row for item in encoded for row in item.rows]
         call.rows = len(rows)
         submitted = await batcher.submit(rows, call.deadline)
-        decode_item = decode or version.task.decode
+        decode_item = decode or task.decode
         if len(rows) <= self.config.inline_decode_rows:
             values = _decode_all(decode_item, encoded, submitted.outputs, params, version.manifest)
         else:
@@ -383,8 +392,8 @@ def text_chars(items: list[Any], limit: int) -> int:
     return total
 
 
-def _encode(version: ModelVersion, items: list[Any], params: Any, max_rows: int) -> list[Encoded]:
-    return version.task.encode(version.tokenizers.get(), items, params, version.manifest, max_rows)
+def _encode(version: ModelVersion, task: TaskHandler, items: list[Any], params: Any, max_rows: int) -> list[Encoded]:
+    return task.encode(version.tokenizers.get(), items, params, version.manifest, max_rows)
 
 
 def _decode_all(

@@ -187,6 +187,61 @@ def test_classify_truncate_cuts_pairs_longest_first(http: httpx.Client, cls3_pip
     assert_close(served, expected, SCORE_TOLERANCE)
 
 
+# ------------------------------------------------------------------ zero-shot (cls3 is NLI-shaped)
+
+ZERO_SHOT_TEXTS = [SHORT_TEXTS[0], SHORT_TEXTS[4], MEDIUM_TEXT, LONG_TEXT]
+
+
+@pytest.fixture(scope="module")
+def zero_shot_pipe(checkpoint: Callable[[str], Path]) -> Any:
+    return make_pipeline("zero-shot-classification", checkpoint("cls3"), 128)
+
+
+@pytest.mark.parametrize(
+    "parameters",
+    [
+        {"candidate_labels": ["science", "cooking", "travel", "history"]},
+        {"candidate_labels": "science, cooking", "multi_label": True},
+        {"candidate_labels": ["physics"]},
+        {"candidate_labels": ["a place", "a person"], "hypothesis_template": "This text is about {}."},
+    ],
+    ids=["softmax-over-labels", "multi-label-comma-string", "one-label", "template"],
+)
+def test_zero_shot_matches_pipeline(http: httpx.Client, zero_shot_pipe: Any, parameters: dict[str, Any]) -> None:
+    served = post(http, "/v1/zero-shot", "cls3", ZERO_SHOT_TEXTS, parameters)
+    expected = plain(zero_shot_pipe(ZERO_SHOT_TEXTS, **parameters))
+    assert_close(served, expected, SCORE_TOLERANCE)
+    # The Inference API's route, as huggingface_hub.InferenceClient.zero_shot_classification calls it.
+    response = http.post("/models/cls3", json={"inputs": ZERO_SHOT_TEXTS[0], "parameters": parameters})
+    assert response.status_code == 200, response.text
+    assert_close(response.json(), expected[0], SCORE_TOLERANCE)
+
+
+def test_zero_shot_through_the_inference_client(server: ServerProcess, zero_shot_pipe: Any) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(model=f"{server.url}/models/cls3")
+    labels = ["science", "cooking", "travel"]
+    answer = client.zero_shot_classification(MEDIUM_TEXT, labels)
+    expected = zero_shot_pipe(MEDIUM_TEXT, labels)
+    assert [a.label for a in answer] == expected["labels"]
+    assert np.allclose([a.score for a in answer], expected["scores"], atol=SCORE_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("model", "parameters", "says"),
+    [
+        ("cls3", {}, "candidate_labels is required"),
+        ("cls3", {"candidate_labels": ["a"], "hypothesis_template": "no slot"}, "has no {}"),
+        ("multilabel", {"candidate_labels": ["a"]}, "entailment label"),
+        ("tag5", {"candidate_labels": ["a"]}, "serves tag, not classify"),
+    ],
+)
+def test_zero_shot_refusals(http: httpx.Client, model: str, parameters: dict[str, Any], says: str) -> None:
+    response = http.post("/v1/zero-shot", json={"model": model, "inputs": "a text", "parameters": parameters})
+    assert response.status_code == 400 and says in response.json()["error"], response.text
+
+
 @pytest.mark.parametrize("parameters", [None, {"function_to_apply": "softmax"}], ids=["default-sigmoid", "softmax"])
 def test_multilabel_defaults_to_sigmoid_like_the_pipeline(
     http: httpx.Client, multilabel_pipe: Any, parameters: dict[str, Any] | None

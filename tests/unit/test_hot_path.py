@@ -60,6 +60,7 @@ def test_the_hot_routes_are_the_inference_routes(dispatcher: Any) -> None:
         "/v1/qa",
         "/v1/tag",
         "/v1/discriminate",
+        "/v1/zero-shot",
         "/models/{name}",
         "/v2/models/{name}/infer",
         "/v2/models/{name}/versions/{version}/infer",

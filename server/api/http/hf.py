@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from server.api.http import openapi_responses as doc
-from server.api.http.exchange import HttpLimits
+from server.api.http.exchange import HttpLimits, TaskBody
 from server.api.http.hot_path import hot, tracked
 from server.api.http.openapi_examples import openapi_body
 from server.api.http.rest import PROTOCOL, answer_task
@@ -22,6 +22,12 @@ def hf_shape(result: Result, inputs: Any) -> Any:
     if result.task.task == "classify" and not isinstance(inputs, list):
         return [value]
     return value
+
+
+def zero_shot_wanted(body: TaskBody) -> bool:
+    """`InferenceClient.zero_shot_classification` sends candidate labels: a classifier's own
+    parameters never include them."""
+    return isinstance(body.parameters, dict) and "candidate_labels" in body.parameters
 
 
 def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
@@ -43,7 +49,9 @@ def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
             service,
             request,
             PROTOCOL,
-            lambda call: answer_task(service, limits, request, call, None, model=name, shape=hf_shape),
+            lambda call: answer_task(
+                service, limits, request, call, None, model=name, shape=hf_shape, zero_shot=zero_shot_wanted
+            ),
         )
 
     return router

@@ -8,7 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from server.core.tasks import TASKS
+from server.core.tasks import TASKS, ZERO_SHOT
+
+# Every handler a route may serve with: the manifests' tasks and zero-shot (on a classifier).
+HANDLERS = {**TASKS, ZERO_SHOT.task: ZERO_SHOT}
 
 
 class TaskRequest(BaseModel):
@@ -39,6 +42,24 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     },
     "discriminate": {
         "single": {"value": {"inputs": "The chef cooked the meal.", "parameters": {"threshold": 0.5}}},
+    },
+    "zero-shot": {
+        "single": {
+            "value": {
+                "inputs": "The new phone's battery lasts two days.",
+                "parameters": {"candidate_labels": ["technology", "sports", "cooking"]},
+            }
+        },
+        "multi_label": {
+            "value": {
+                "inputs": ["I loved the food but the service was slow."],
+                "parameters": {
+                    "candidate_labels": "food, service, price",
+                    "hypothesis_template": "This review is about {}.",
+                    "multi_label": True,
+                },
+            }
+        },
     },
 }
 
@@ -79,6 +100,7 @@ INPUTS: dict[str, dict[str, Any]] = {
     ),
     "tag": _one_or_many(_TEXT),
     "discriminate": _one_or_many(_TEXT),
+    "zero-shot": _one_or_many(_TEXT),
     "rerank": {
         "type": "object",
         "required": ["query", "documents"],
@@ -95,7 +117,7 @@ def request_schema(task: str) -> dict[str, Any]:
     schema = TaskRequest.model_json_schema()
     schema["properties"]["inputs"] = INPUTS[task]
     schema["properties"]["parameters"] = {
-        "anyOf": [TASKS[task].parameters.schema(), {"type": "null"}],
+        "anyOf": [HANDLERS[task].parameters.schema(), {"type": "null"}],
         "description": "task parameters (Hugging Face pipeline names)",
     }
     return schema
@@ -106,11 +128,11 @@ def hf_request_schema() -> dict[str, Any]:
     schema = TaskRequest.model_json_schema()
     del schema["properties"]["model"]
     schema["properties"]["inputs"] = {
-        "anyOf": [INPUTS[task] for task in TASKS],
+        "anyOf": [INPUTS[task] for task in HANDLERS],
         "description": "the inputs of the model's task",
     }
     schema["properties"]["parameters"] = {
-        "anyOf": [TASKS[task].parameters.schema() for task in TASKS] + [{"type": "null"}],
+        "anyOf": [HANDLERS[task].parameters.schema() for task in HANDLERS] + [{"type": "null"}],
         "description": "the parameters of the model's task (Hugging Face pipeline names)",
     }
     schema["title"] = "HfRequest"

@@ -136,6 +136,27 @@ class DiscriminateOutput(RootModel[Discrimination | list[Discrimination]]):
     """One result per input (a list for a list of inputs)."""
 
 
+class ZeroShot(BaseModel):
+    sequence: str = Field(description="the input text")
+    labels: list[str] = Field(description="the candidate labels, best first")
+    scores: list[float]
+
+
+class ZeroShotOutput(RootModel[ZeroShot | list[ZeroShot]]):
+    """One result per input (a list for a list of inputs)."""
+
+
+class PairScore(BaseModel):
+    score: float = Field(description="the relevance score (docs/REFERENCE.md §3.9)")
+    raw_score: float
+    windows: int
+    tokens: int
+
+
+class RerankOutput(RootModel[PairScore | list[PairScore]]):
+    """One score per {query, document} pair (the generic route; the rerank routes rank them)."""
+
+
 TASK_OUTPUTS: dict[str, type[RootModel[Any]]] = {
     "classify": ClassifyOutput,
     "qa": QaOutput,
@@ -144,7 +165,7 @@ TASK_OUTPUTS: dict[str, type[RootModel[Any]]] = {
 }
 
 
-class HfOutput(RootModel[ClassifyOutput | QaOutput | TagOutput | DiscriminateOutput]):
+class HfOutput(RootModel[ClassifyOutput | QaOutput | TagOutput | DiscriminateOutput | ZeroShotOutput | RerankOutput]):
     """The Hugging Face Inference API's answer for the model's task (text classification: always
     a list of lists)."""
 

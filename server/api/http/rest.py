@@ -11,6 +11,7 @@ from fastapi.responses import PlainTextResponse, Response
 from server.api.http import openapi_responses as doc
 from server.api.http.exchange import (
     HttpLimits,
+    TaskBody,
     error_response,
     json_response,
     read_json,
@@ -23,6 +24,7 @@ from server.api.http.hot_path import hot, tracked
 from server.api.http.openapi_examples import openapi_body
 from server.core.errors import not_loaded
 from server.core.service import Call, InferenceService, Result, TaskRequest
+from server.core.tasks import ZERO_SHOT
 
 TASK_ROUTES = ("classify", "qa", "tag", "discriminate")
 PROTOCOL = "rest"
@@ -36,12 +38,22 @@ async def answer_task(
     task: str | None,
     model: str | None = None,
     shape: Callable[[Result, Any], Any] = lambda result, _: result.pipeline_json(),
+    zero_shot: Callable[[TaskBody], bool] = lambda body: False,
 ) -> Response:
     """One task request: read the body, run it (cancelled if the client leaves), answer the
-    pipeline's JSON (`shape` may reshape it: the HF route)."""
+    pipeline's JSON (`shape` may reshape it: the HF route). A body `zero_shot` picks is zero-shot
+    classification on a classifier."""
     body = task_body(await read_json(request, limits))
     call.deadline = service.deadline_in(timeout_of(request))
-    work = TaskRequest(task, model or body.model, body.version, inputs=body.inputs, parameters=body.parameters)
+    handler = ZERO_SHOT if zero_shot(body) else None
+    work = TaskRequest(
+        "classify" if handler else task,
+        model or body.model,
+        body.version,
+        inputs=body.inputs,
+        parameters=body.parameters,
+        handler=handler,
+    )
     result = await until_disconnect(request, service.infer(call, work))
     return json_response(
         shape(result, body.inputs), headers=timing_headers(result.timings, result.model, result.version)
@@ -76,6 +88,29 @@ def build_router(
 
     for task in TASK_ROUTES:
         task_route(task)
+
+    @hot
+    async def zero_shot(request: Request) -> Response:
+        return await tracked(
+            service,
+            request,
+            PROTOCOL,
+            lambda call: answer_task(service, limits, request, call, "classify", zero_shot=lambda body: True),
+        )
+
+    router.add_api_route(
+        "/v1/zero-shot",
+        zero_shot,
+        methods=["POST"],
+        name="zero-shot",
+        summary="zero-shot classification on an NLI classifier: one text or a list",
+        openapi_extra={**openapi_body("zero-shot"), "parameters": [doc.TIMEOUT_PARAMETER]},
+        responses={
+            **doc.ok(doc.ZeroShotOutput, "The pipeline's answer", doc.TIMING_DOC),
+            **doc.errors(*doc.INFERENCE_ERRORS),
+        },
+        tags=["tasks"],
+    )
 
     @router.get(
         "/v1/models", tags=["models"], responses={**doc.ok(doc.ModelList, "The models that serve"), **doc.errors(401)}

@@ -8,6 +8,7 @@ from server.core.tasks.discriminate import DiscriminateTask
 from server.core.tasks.qa import QaTask
 from server.core.tasks.rerank import RerankTask
 from server.core.tasks.tag import TagTask
+from server.core.tasks.zero_shot import ZeroShotTask
 
 TASKS: dict[str, TaskHandler] = {
     "classify": ClassifyTask(),
@@ -17,4 +18,7 @@ TASKS: dict[str, TaskHandler] = {
     "rerank": RerankTask(),
 }
 
-__all__ = ["TASKS", "TaskHandler"]
+# Served on models of another task (an NLI classifier), never a manifest's task.
+ZERO_SHOT = ZeroShotTask()
+
+__all__ = ["TASKS", "ZERO_SHOT", "TaskHandler"]

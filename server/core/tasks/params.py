@@ -133,10 +133,15 @@ class Labels(Param):
 
     max_items: int = 1024
     max_length: int = 256
+    # Also one string of comma-separated labels (the zero-shot pipeline's "a, b, c"), blanks dropped.
+    comma_separated: bool = False
 
     def check(self, value: Any) -> tuple[str, ...]:
+        if self.comma_separated and isinstance(value, str):
+            value = [label.strip() for label in value.split(",") if label.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad_request(f"parameter {self.name} must be a list of strings, got {type_name(value)}")
+            wanted = "a list of strings" + (" or a comma-separated string" if self.comma_separated else "")
+            raise bad_request(f"parameter {self.name} must be {wanted}, got {type_name(value)}")
         if len(value) > self.max_items or any(len(v) > self.max_length for v in value):
             raise bad_request(
                 f"parameter {self.name} holds at most {self.max_items} labels of at most {self.max_length} characters"
@@ -144,11 +149,28 @@ class Labels(Param):
         return tuple(value)
 
     def schema(self) -> dict[str, Any]:
-        return {
-            "type": ["array", "null"],
-            "items": {"type": "string", "maxLength": self.max_length},
-            "maxItems": self.max_items,
-        }
+        items = {"type": "string", "maxLength": self.max_length}
+        listed = {"type": "array", "items": items, "maxItems": self.max_items}
+        if self.comma_separated:
+            return {"anyOf": [listed, {"type": "string"}, {"type": "null"}]}
+        return {**listed, "type": ["array", "null"]}
+
+
+@dataclass(frozen=True, slots=True)
+class Text(Param):
+    """A string, bounded in length."""
+
+    max_length: int = 1024
+
+    def check(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise bad_request(f"parameter {self.name} must be a string, got {type_name(value)}")
+        if len(value) > self.max_length:
+            raise bad_request(f"parameter {self.name} holds at most {self.max_length} characters")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": ["string", "null"], "maxLength": self.max_length}
 
 
 class ParamTable:
