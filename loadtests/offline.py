@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from server.core.batching.execution import pad_rows
 from server.core.heap import limit_heap_retention
 from server.core.loader import runtime_options
 from server.core.manifest import Manifest
@@ -103,19 +104,6 @@ def padding_ratio(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> f
         padded = max(sizes) * len(sizes)
         ratios.append((padded - sum(sizes)) / padded)
     return float(np.mean(ratios)) if ratios else 0.0
-
-
-def pad(rows: Sequence[Row], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    width = max(len(r) for r in rows)
-    ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), width), dtype=np.int64)
-    types = np.zeros((len(rows), width), dtype=np.int64)
-    for j, row in enumerate(rows):
-        n = len(row)
-        ids[j, :n] = row.input_ids
-        mask[j, :n] = 1
-        types[j, :n] = row.token_type_ids
-    return ids, mask, types
 
 
 def _run_parallel(work: Sequence[Callable[[], None]], workers: int) -> float:
@@ -213,12 +201,12 @@ class OfflineBench:
 
         def job(batch: list[int]) -> Callable[[], None]:
             if texts is None:
-                arrays = pad([rows[i] for i in batch], pad_id)
+                arrays = pad_rows([rows[i] for i in batch], pad_id)
                 return lambda: rt.run(*arrays)
 
             def tokenize_and_run() -> None:
                 encoded = task.encode(self.tokenizers.get(), [texts[i] for i in batch], params, self.manifest)
-                rt.run(*pad([r for e in encoded for r in e.rows], pad_id))
+                rt.run(*pad_rows([r for e in encoded for r in e.rows], pad_id))
 
             return tokenize_and_run
 
