@@ -263,3 +263,16 @@ async def test_kserve_v2_takes_query_and_document_rows(served: Any) -> None:
     assert response.status_code == 200, response.text
     rows = [json.loads(x) for x in response.json()["outputs"][0]["data"]]
     assert [round(r["raw_score"], 6) for r in rows] == [-1.0, 1.0] and rows[1]["windows"] == 1
+
+
+async def test_the_cohere_sdk_reranks_against_v2(served: Any) -> None:
+    """A client nobody here wrote: cohere's own SDK (ClientV2's async twin), pointed at /v2/rerank."""
+    import cohere
+
+    _, _, service = served
+    asgi = build_asgi(service, LIMITS, lambda: (b"", "text/plain"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=asgi), base_url="http://test") as http:
+        client = cohere.AsyncClientV2(api_key="unused", base_url="http://test", httpx_client=http)
+        answer = await client.rerank(model="ranker", query="q", documents=["plain", "gold", "gold gold"], top_n=2)
+    assert [r.index for r in answer.results] == [2, 1]
+    assert answer.results[0].relevance_score == pytest.approx(sigmoid(3.0))
