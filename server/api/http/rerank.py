@@ -15,6 +15,7 @@ documents split into windows, and `truncate` as a boolean (cut instead of window
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,24 +125,14 @@ def tei_call(payload: dict[str, Any]) -> RerankCall:
     )
 
 
-def jina_call(payload: dict[str, Any], return_documents: bool = True) -> RerankCall:
+def listed_call(payload: dict[str, Any], *, objects: bool, return_documents: bool) -> RerankCall:
+    """Jina's and Cohere's shape: `documents` (with `objects`, also {"text"} objects), `top_n`."""
     return RerankCall(
         query=payload.get("query"),
-        documents=_documents(payload, "documents", objects=True),
+        documents=_documents(payload, "documents", objects=objects),
         model=_string(payload, "model"),
         top_n=_top_n(payload),
         return_documents=_flag(payload, "return_documents", return_documents),
-        given=_options(payload),
-    )
-
-
-def cohere_v2_call(payload: dict[str, Any]) -> RerankCall:
-    return RerankCall(
-        query=payload.get("query"),
-        documents=_documents(payload, "documents", objects=False),
-        model=_string(payload, "model"),
-        top_n=_top_n(payload),
-        return_documents=_flag(payload, "return_documents", False),
         given=_options(payload),
     )
 
@@ -179,8 +170,8 @@ def listed_answer(version: str) -> Callable[[Result, RerankCall, Call], Any]:
 
 Shape = tuple[Callable[[dict[str, Any]], RerankCall], Callable[[Result, RerankCall, Call], Any]]
 TEI: Shape = (tei_call, tei_answer)
-JINA: Shape = (jina_call, listed_answer("1"))
-COHERE_V2: Shape = (cohere_v2_call, listed_answer("2"))
+JINA: Shape = (functools.partial(listed_call, objects=True, return_documents=True), listed_answer("1"))
+COHERE_V2: Shape = (functools.partial(listed_call, objects=False, return_documents=False), listed_answer("2"))
 
 
 async def answer_rerank(

@@ -51,12 +51,13 @@ from tokenizers import Encoding, Tokenizer
 
 from server.core.errors import ServeError, bad_request, invalid
 from server.core.manifest import Manifest
-from server.core.rows import Row, RowOutputs
+from server.core.rows import RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
 from server.core.tasks.common import (
     check_rows,
     item_inputs,
     min_advance,
+    row_of,
 )
 from server.core.tasks.pair_windows import check_pair_windows
 from server.core.tasks.params import Bool, Float, Int, ParamTable, type_name
@@ -194,13 +195,6 @@ def _p_mask(encoding: Encoding, cls_id: int | None) -> np.ndarray:
     return mask
 
 
-def _row(encoding: Encoding) -> Row:
-    return Row(
-        input_ids=np.asarray(encoding.ids, dtype=np.int64),
-        token_type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
-    )
-
-
 class QaTask(TaskHandler):
     task: ClassVar[str] = "qa"
     parameters: ClassVar[ParamTable] = PARAMETERS
@@ -239,7 +233,7 @@ class QaTask(TaskHandler):
             # The first window, then the overflow in order: the pipeline's features.
             windows = [encoding, *encoding.overflowing]
             state = QaState(context=context, windows=windows, p_masks=[_p_mask(w, cls_id) for w in windows])
-            encoded.append(Encoded(rows=[_row(w) for w in windows], state=state))
+            encoded.append(Encoded(rows=[row_of(w) for w in windows], state=state))
         # The count may have skipped one-word runs (a lower bound): the windows built are the truth.
         check_rows(sum(len(e.rows) for e in encoded), max_rows)
         return encoded

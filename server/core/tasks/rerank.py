@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Tokenizer
 
 from server.core.errors import ServeError, bad_request, invalid
 from server.core.manifest import Manifest
-from server.core.rows import Row, RowOutputs
+from server.core.rows import RowOutputs
 from server.core.tasks.base import Encoded, TaskHandler
-from server.core.tasks.common import check_rows, min_advance
+from server.core.tasks.common import check_rows, min_advance, row_of
 from server.core.tasks.pair_windows import check_pair_windows
 from server.core.tasks.params import Choice, Int, ParamTable, type_name
 from server.core.tasks.token_budget import Count, prefix_for, suffix_for
@@ -180,7 +180,7 @@ class RerankTask(TaskHandler):
         tokenizer.enable_truncation(
             max_length=max_seq_len, stride=params.stride, strategy="only_second", direction="right"
         )
-        encoded = [Encoded(rows=[_row(w) for w in (e, *e.overflowing)]) for e in tokenizer.encode_batch(items)]
+        encoded = [Encoded(rows=[row_of(w) for w in (e, *e.overflowing)]) for e in tokenizer.encode_batch(items)]
         # The count may have skipped one-word runs (a lower bound): the windows built are the truth.
         check_rows(sum(len(e.rows) for e in encoded), max_rows)
         return encoded
@@ -194,7 +194,7 @@ class RerankTask(TaskHandler):
         tokenizer.enable_truncation(
             max_length=max_seq_len, strategy="longest_first", direction=params.truncation_direction
         )
-        return [Encoded(rows=[_row(e)]) for e in tokenizer.encode_batch(kept)]
+        return [Encoded(rows=[row_of(e)]) for e in tokenizer.encode_batch(kept)]
 
     def decode(
         self, encoded: Encoded, outputs: list[RowOutputs], params: RerankParams, manifest: Manifest
@@ -214,13 +214,6 @@ class RerankTask(TaskHandler):
 
     def pipeline_json(self, value: list[dict[str, Any]]) -> Any:
         return value[0]
-
-
-def _row(encoding: Encoding) -> Row:
-    return Row(
-        input_ids=np.asarray(encoding.ids, dtype=np.int64),
-        token_type_ids=np.asarray(encoding.type_ids, dtype=np.int64),
-    )
 
 
 def _first_tokens(tokenizer: Tokenizer, text: str, tokens: int) -> str:
