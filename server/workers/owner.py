@@ -40,6 +40,7 @@ from server.core.stats import ModelStats
 from server.workers import messages as m
 from server.workers import wire
 from server.workers.loopsocket import LoopSocket
+from server.workers.turns import OncePerTurn
 
 log = logging.getLogger("electra.owner")
 TABLE_PERIOD_S = 0.5
@@ -83,7 +84,7 @@ class ModelOwner:
         # Answers of this turn of the event loop, by worker and output shape.
         self._results: dict[tuple[bytes, tuple[Any, ...]], list[tuple[int, list[int], SubmitResult]]] = {}
         self._errors: dict[bytes, list[m.Failed]] = {}
-        self._flush_scheduled = False
+        self._flush_soon = OncePerTurn(self._flush).soon
         registry.catalogue.subscribe(self._publish_soon)
         registry.add_retire_gate(self.wait_released)
 
@@ -200,14 +201,8 @@ class ModelOwner:
         self._errors.setdefault(link.identity, []).append(failed)
         self._flush_soon()
 
-    def _flush_soon(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
     def _flush(self) -> None:
         """Everything answered in this turn of the event loop: one message per worker and output shape."""
-        self._flush_scheduled = False
         results, self._results = self._results, {}
         errors, self._errors = self._errors, {}
         for (identity, key), answered in results.items():

@@ -19,6 +19,7 @@ from server.core.rows import Row, RowOutputs
 from server.workers import messages as m
 from server.workers import wire
 from server.workers.loopsocket import LoopSocket
+from server.workers.turns import OncePerTurn
 
 log = logging.getLogger("electra.worker")
 
@@ -48,7 +49,7 @@ class OwnerClient:
         self._submitted: dict[int, asyncio.Future[Submitted]] = {}
         self._outbox: list[tuple[m.SubmittedRequest, Sequence[Row]]] = []
         self._cancels: list[int] = []
-        self._flush_scheduled = False
+        self._flush_soon = OncePerTurn(self._flush).soon
         self.on_table: Callable[[m.Table], None] | None = None
         self.on_stats_query: Callable[[], list[dict[str, Any]]] | None = None
         self.last_heard = time.monotonic()
@@ -87,13 +88,7 @@ class OwnerClient:
             self._cancels.append(request_id)
             self._flush_soon()
 
-    def _flush_soon(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-
     def _flush(self) -> None:
-        self._flush_scheduled = False
         outbox, self._outbox = self._outbox, []
         cancels, self._cancels = self._cancels, []
         if outbox:

@@ -237,31 +237,26 @@ def _control_routes(router: APIRouter, control: RepositoryControl, limits: HttpL
     # 400 also in every model control mode but explicit; 503 while the server shuts down.
     control_responses = {**doc.ok(kdoc.Empty, "Done"), **doc.errors(*doc.BODY_ERRORS, 404, 422, 503)}
 
-    @router.post(
-        "/v2/repository/models/{name}/load",
-        summary="Load or reload a model (explicit model control)",
-        openapi_extra=kdoc.json_body(kdoc.LOAD_REQUEST_SCHEMA),
-        responses=control_responses,
-    )
-    async def load(name: str, request: Request) -> Response:
-        try:
-            await control.load(name, await parameters(request))
-        except ServeError as error:
-            return error_response(error)
-        return json_response({})
+    def control_route(action: str, summary: str) -> None:
+        async def endpoint(name: str, request: Request) -> Response:
+            try:
+                await getattr(control, action)(name, await parameters(request))
+            except ServeError as error:
+                return error_response(error)
+            return json_response({})
 
-    @router.post(
-        "/v2/repository/models/{name}/unload",
-        summary="Unload a model (explicit model control)",
-        openapi_extra=kdoc.json_body(kdoc.LOAD_REQUEST_SCHEMA),
-        responses=control_responses,
-    )
-    async def unload(name: str, request: Request) -> Response:
-        try:
-            await control.unload(name, await parameters(request))
-        except ServeError as error:
-            return error_response(error)
-        return json_response({})
+        router.add_api_route(
+            f"/v2/repository/models/{{name}}/{action}",
+            endpoint,
+            methods=["POST"],
+            name=action,
+            summary=summary,
+            openapi_extra=kdoc.json_body(kdoc.LOAD_REQUEST_SCHEMA),
+            responses=control_responses,
+        )
+
+    control_route("load", "Load or reload a model (explicit model control)")
+    control_route("unload", "Unload a model (explicit model control)")
 
 
 def _model_routes(
