@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 from tokenizers import Tokenizer
 
-from server.api.grpc.server import create_grpc_server
 from server.api.http.exchange import HttpLimits
 from server.app import build_asgi
 from server.assembly import assemble
@@ -219,9 +218,13 @@ async def test_typed_grpc_unary_and_stream(served: Any) -> None:
 
     from proto.electra.v1 import electra_pb2 as pb
     from proto.electra.v1 import electra_pb2_grpc
+    from server.api.grpc.typed import ElectraServicer
 
     _, _, service = served
-    server, _ = create_grpc_server(service, max_receive_bytes=1 << 22, max_send_bytes=1 << 22)
+    # The typed service alone: KServe's servicer would load this repository's inference protos,
+    # which clash in one process with tritonclient's copy that the e2e tests import.
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((ElectraServicer(service).handlers(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
