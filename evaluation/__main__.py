@@ -21,6 +21,7 @@ from evaluation.run import DEFAULT_MAX_DROP, check_same_model, evaluate
 from server.core.manifest import PRECISIONS
 from toolchain.classification import Columns
 from toolchain.errors import DataError
+from toolchain.ranking import RankingColumns
 
 PROG = "electra-eval"
 
@@ -34,8 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
             "when a variant falls more than --max-drop points below the reference (PyTorch, else ONNX fp32)."
         ),
     )
-    parser.add_argument("--task", required=True, choices=("classify", "qa", "tag"))
-    parser.add_argument("--data", required=True, type=Path, help="labelled file: CSV/TSV/JSON lines, SQuAD JSON, CoNLL")
+    parser.add_argument("--task", required=True, choices=("classify", "qa", "tag", "rerank"))
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="labelled file: CSV/TSV/JSON lines (classify; rerank: query, passage, relevance rows), SQuAD JSON, CoNLL",
+    )
     parser.add_argument("--checkpoint", help="the fine-tuned checkpoint (directory or hub id): the PyTorch reference")
     parser.add_argument("--model-dir", type=Path, help="an exported model, REPO/NAME: each of its variants offline")
     parser.add_argument("--precision", help="comma list of the variants of --model-dir to score (default: all)")
@@ -53,8 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     columns = parser.add_argument_group("data (classify)")
     columns.add_argument("--text-column", default="text")
     columns.add_argument("--text-pair-column")
-    columns.add_argument("--label-column", default="label")
+    columns.add_argument("--label-column", default="label", help="rerank: the relevance (0/1 or a grade)")
     columns.add_argument("--label-separator", default=",", help="between the labels of a multi-label cell")
+    rerank = parser.add_argument_group(
+        "rerank",
+        "Rows grouped by query; scored with MRR@10, nDCG@10 (the gate's) and MAP, a passage relevant when its "
+        "relevance is above 0. A server is asked one query at a time (POST /v1/rerank; gRPC Rerank).",
+    )
+    rerank.add_argument("--query-column", default="query", help="default: query")
+    rerank.add_argument("--passage-column", default="passage", help="default: passage")
+    rerank.add_argument(
+        "--relevant-label",
+        help="--checkpoint with two logits: the label whose probability is the score (as electra-export's flag)",
+    )
     qa = parser.add_argument_group("qa")
     qa.add_argument(
         "--handle-impossible-answer",
@@ -74,7 +91,7 @@ def _backends(ns: argparse.Namespace, parser: argparse.ArgumentParser) -> list[A
     backends: list[Any] = []
     if ns.checkpoint:
         device = "cpu" if ns.device == "auto" else ns.device
-        backends.append(PyTorchBackend.load(ns.checkpoint, ns.task, device))
+        backends.append(PyTorchBackend.load(ns.checkpoint, ns.task, device, ns.relevant_label))
     if ns.model_dir:
         available = OnnxBackend.variants(ns.model_dir)
         wanted = available
@@ -114,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             label_separator=ns.label_separator,
             impossible=ns.handle_impossible_answer,
             max_answer_len=ns.max_answer_len,
+            ranking=RankingColumns(ns.query_column, ns.passage_column, ns.label_column),
         )
         result = evaluate(backends, eval_set, ns.max_drop, ns.batch_size)
     except DataError as exc:

@@ -8,6 +8,15 @@
 - `RestBackend`: a running electra-serve over REST (`POST /v1/<task>`);
 - `GrpcBackend`: a running electra-serve over its typed gRPC API (`electra.v1.ElectraService`), the
   same parameters set in the RPC's parameter message and the responses turned back into REST's shapes.
+
+rerank has no pipeline: each item is a query with its documents, and each answer the documents'
+scores in their order. PyTorch and ONNX score the pairs here (`score_pairs`: the server's pair
+encoding, `toolchain.ranking.encode_pairs`, and the manifest's scoring rule,
+`toolchain.ranking.rerank_scores`, on the model's logits; ONNX through the server's runtime); the
+REST backend asks the server, one `POST /v1/rerank` per query (`rest_rerank`), the gRPC backend one
+`Rerank` call per query (`grpc_rerank`). The server splits a document too long for its window into
+windows (its default) where PyTorch and ONNX here cut it (`only_second`): they agree on every pair
+that fits `max_seq_len`.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import numpy as np
 from evaluation.data import ModelInfo
 from toolchain import checkpoint as ckpt
 from toolchain.errors import ExportError
+from toolchain.ranking import encode_pairs, relevant_index, rerank_scores
 
 PIPELINES = {"classify": "text-classification", "qa": "question-answering", "tag": "token-classification"}
 
@@ -33,23 +43,87 @@ def _chunks(items: list[Any], size: int):
         yield items[start : start + size]
 
 
+def score_pairs(
+    items: list[dict[str, Any]],
+    max_seq_len: int,
+    batch_size: int,
+    tokenizer: Any,
+    pad_id: int,
+    logits_of: Any,
+    score_activation: str,
+    relevant: int | None,
+) -> list[list[float]]:
+    """Each rerank item's documents' scores, in their order: every (query, document) pair encoded as
+    the server encodes it, run in length-sorted batches (`logits_of(ids, mask, types)` -> [batch,
+    1 or 2] logits) and scored by the manifest's rule."""
+    pairs = [(item["query"], document) for item in items for document in item["documents"]]
+    if not pairs:
+        return [[] for _ in items]
+    rows = encode_pairs(tokenizer, pairs, max_seq_len)
+    logits: list[np.ndarray | None] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    for batch in _chunks(order, batch_size):
+        width = max(len(rows[i][0]) for i in batch)
+        ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        types = np.zeros((len(batch), width), dtype=np.int64)
+        for j, i in enumerate(batch):
+            n = len(rows[i][0])
+            ids[j, :n], mask[j, :n], types[j, :n] = rows[i][0], 1, rows[i][1]
+        values = np.asarray(logits_of(ids, mask, types), dtype=np.float32)
+        for j, i in enumerate(batch):
+            logits[i] = values[j]
+    scores = rerank_scores(np.stack(logits), score_activation, relevant)  # type: ignore[arg-type]
+    answers, offset = [], 0
+    for item in items:
+        n = len(item["documents"])
+        answers.append([float(v) for v in scores[offset : offset + n]])
+        offset += n
+    return answers
+
+
 class PyTorchBackend:
     name = "pytorch"
 
-    def __init__(self, model: Any, tokenizer: Any, task: str, device: str = "cpu") -> None:
-        from transformers import pipeline
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        task: str,
+        device: str = "cpu",
+        score_activation: str | None = None,
+        relevant_label: str | None = None,
+    ) -> None:
+        """score_activation, relevant_label: a reranker's scoring rule (the manifest's fields)."""
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # "Device set to use cpu" and friends are noise beside the table
         self.task = task
         self.model = model
+        self.tokenizer = tokenizer
+        self.score_activation, self.relevant_label = score_activation, relevant_label
+        if task == "rerank":  # no pipeline: the pairs are scored here
+            if score_activation is None:
+                raise ValueError("a reranker's PyTorch backend needs its score activation")
+            self.device = device
+            self.model.eval().to(device)
+            return
+        from transformers import pipeline
+
         self.pipe = pipeline(PIPELINES[task], model=model.eval(), tokenizer=tokenizer, device=device)
 
     @classmethod
-    def load(cls, checkpoint: str, task: str, device: str = "cpu") -> PyTorchBackend:
+    def load(cls, checkpoint: str, task: str, device: str = "cpu", relevant_label: str | None = None) -> PyTorchBackend:
         try:
-            resolved = ckpt.resolve(checkpoint, task)
-            return cls(ckpt.load_model(resolved), ckpt.load_tokenizer(resolved), task, device)
+            resolved = ckpt.resolve(checkpoint, task, relevant_label=relevant_label)
+            return cls(
+                ckpt.load_model(resolved),
+                ckpt.load_tokenizer(resolved),
+                task,
+                device,
+                resolved.score_activation,
+                resolved.relevant_label,
+            )
         except ExportError as exc:
             raise BackendError(str(exc)) from exc
 
@@ -57,15 +131,45 @@ class PyTorchBackend:
         config = self.model.config
         labels: tuple[str, ...] = ()
         problem_type = None
-        if self.task in ("classify", "tag"):
+        if self.task in ("classify", "tag", "rerank"):
             labels = tuple(str(config.id2label[i]) for i in range(config.num_labels))
         if self.task == "classify":
             problem_type = config.problem_type or (
                 "regression" if config.num_labels == 1 else "single_label_classification"
             )
-        return ModelInfo(self.task, labels, problem_type, int(config.max_position_embeddings))
+        return ModelInfo(
+            self.task,
+            labels,
+            problem_type,
+            int(config.max_position_embeddings),
+            self.score_activation,
+            self.relevant_label,
+        )
+
+    def _logits(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(
+                input_ids=torch.from_numpy(ids).to(self.device),
+                attention_mask=torch.from_numpy(mask).to(self.device),
+                token_type_ids=torch.from_numpy(types).to(self.device),
+            )
+        return out.logits.float().cpu().numpy()
 
     def predict(self, items: list[Any], parameters: dict[str, Any], batch_size: int = 16) -> list[Any]:
+        if self.task == "rerank":
+            info = self.info()
+            return score_pairs(
+                items,
+                int(parameters["max_seq_len"]),
+                batch_size,
+                self.tokenizer.backend_tokenizer,
+                self.tokenizer.pad_token_id or 0,
+                self._logits,
+                str(self.score_activation),
+                relevant_index(info.labels, self.relevant_label) if len(info.labels) == 2 else None,
+            )
         params = dict(parameters)
         if self.task == "qa":
             # The pipeline takes questions and contexts as two lists.
@@ -117,8 +221,10 @@ class OnnxBackend:
             )
         except (OSError, ValueError, ModelLoadError) as exc:
             raise BackendError(f"{model_dir}: {exc}") from exc
-        self.task = TASKS[self.manifest.task]
         self.tokenizers = TokenizerPool.from_file(self.model_dir / self.manifest.tokenizer)
+        # rerank: the pairs are scored here (`score_pairs`), on the server's runtime; the other tasks
+        # through the server's own task code.
+        self.task = None if self.manifest.task == "rerank" else TASKS[self.manifest.task]
 
     @staticmethod
     def variants(model_dir: Path) -> list[str]:
@@ -132,11 +238,25 @@ class OnnxBackend:
 
     def info(self) -> ModelInfo:
         m = self.manifest
-        return ModelInfo(m.task, tuple(m.labels), m.problem_type, m.max_seq_len)
+        return ModelInfo(m.task, tuple(m.labels), m.problem_type, m.max_seq_len, m.score_activation, m.relevant_label)
 
     def predict(self, items: list[Any], parameters: dict[str, Any], batch_size: int = 16) -> list[Any]:
         from server.core.errors import ServeError
 
+        if self.task is None:
+            m = self.manifest
+            if m.score_activation is None:
+                raise BackendError(f"{self.model_dir}: a rerank manifest without a score_activation")
+            return score_pairs(
+                items,
+                min(int(parameters["max_seq_len"]), m.max_seq_len),
+                batch_size,
+                self.tokenizers.get(),
+                self.tokenizers.pad_token_id,
+                lambda ids, mask, types: self.runtime.run(ids, mask, types)["logits"],
+                m.score_activation,
+                relevant_index(m.labels, m.relevant_label) if m.score_activation == "softmax" else None,
+            )
         answers: list[Any] = []
         for chunk in _chunks(items, batch_size):
             try:
@@ -177,17 +297,41 @@ class OnnxBackend:
         return results  # type: ignore[return-value]
 
 
+RERANK_ROUTE = "/v1/rerank"
+
+
+def rest_rerank(client: Any, model: str, query: str, documents: list[str]) -> list[float]:
+    """The documents' scores, in their order, from a running server: the seam between electra-eval and
+    the served reranker. One `POST /v1/rerank` with `{"model", "query", "documents"}`, answered
+    `{"results": [{"index", "relevance_score"}, ...]}` (best first, as rerank APIs answer), one result
+    for every document."""
+    import httpx
+
+    try:
+        response = client.post(RERANK_ROUTE, json={"model": model, "query": query, "documents": documents})
+    except httpx.HTTPError as exc:
+        raise BackendError(f"{RERANK_ROUTE}: {exc}") from exc
+    if response.status_code != 200:
+        raise BackendError(f"{RERANK_ROUTE}: HTTP {response.status_code}: {response.text[:300]}")
+    try:
+        indexed = [(int(r["index"]), float(r["relevance_score"])) for r in response.json()["results"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BackendError(f"{RERANK_ROUTE}: not a rerank answer ({exc.__class__.__name__}: {exc})") from exc
+    return _scores_in_order(RERANK_ROUTE, indexed, len(documents))
+
+
 class RestBackend:
-    """A running electra-serve, over its REST task routes."""
+    """A running electra-serve, over its REST task routes (rerank: `rest_rerank`)."""
 
     name = "server"
 
-    def __init__(self, url: str, model: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, model: str, timeout_s: float = 120.0, transport: Any = None) -> None:
+        """transport: an httpx transport in place of the network (tests)."""
         import httpx
 
         self.url = url.rstrip("/")
         self.model = model
-        self.client = httpx.Client(base_url=self.url, timeout=timeout_s)
+        self.client = httpx.Client(base_url=self.url, timeout=timeout_s, transport=transport)
         try:
             response = self.client.get("/v1/models")
             response.raise_for_status()
@@ -200,11 +344,20 @@ class RestBackend:
 
     def info(self) -> ModelInfo:
         d = self.described
-        return ModelInfo(d["task"], tuple(d.get("labels") or ()), d.get("problem_type"), int(d["max_seq_len"]))
+        return ModelInfo(
+            d["task"],
+            tuple(d.get("labels") or ()),
+            d.get("problem_type"),
+            int(d["max_seq_len"]),
+            d.get("score_activation"),
+            d.get("relevant_label"),
+        )
 
     def predict(self, items: list[Any], parameters: dict[str, Any], batch_size: int = 16) -> list[Any]:
         import httpx
 
+        if self.described["task"] == "rerank":  # the server cuts pairs to its own window
+            return [rest_rerank(self.client, self.model, item["query"], item["documents"]) for item in items]
         answers: list[Any] = []
         route = f"/v1/{self.described['task']}"
         for chunk in _chunks(items, batch_size):
@@ -221,6 +374,30 @@ class RestBackend:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _scores_in_order(where: str, indexed: list[tuple[int, float]], documents: int) -> list[float]:
+    """A rerank answer's (index, score) results, best first -> the scores in the documents' order."""
+    scores = dict(indexed)
+    if sorted(scores) != list(range(documents)) or len(indexed) != documents:
+        raise BackendError(
+            f"{where}: {len(indexed)} results with indices {sorted(scores)[:8]} for {documents} documents"
+        )
+    return [scores[i] for i in range(documents)]
+
+
+def grpc_rerank(stub: Any, model: str, query: str, documents: list[str], timeout_s: float) -> list[float]:
+    """The documents' scores, in their order, from the typed gRPC API: one `Rerank` call (every
+    document ranked: no top_n), the gRPC twin of `rest_rerank`."""
+    import grpc
+
+    from proto.electra.v1 import electra_pb2 as pb
+
+    try:
+        response = stub.Rerank(pb.RerankRequest(model=model, query=query, documents=documents), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise BackendError(f"Rerank: {_rpc_error(exc)}") from exc
+    return _scores_in_order("Rerank", [(int(r.index), float(r.score)) for r in response.results], len(documents))
 
 
 # The proto's parameter messages take what REST's `parameters` object takes, field for field, except:
@@ -350,6 +527,10 @@ class GrpcBackend:
         return grpc_answers(self.task, response, parameters)
 
     def predict(self, items: list[Any], parameters: dict[str, Any], batch_size: int = 16) -> list[Any]:
+        if self.task == "rerank":  # the server cuts pairs to its own window
+            return [
+                grpc_rerank(self.stub, self.model, item["query"], item["documents"], self.timeout_s) for item in items
+            ]
         answers: list[Any] = []
         for chunk in _chunks(items, batch_size):
             answers.extend(self._call(chunk, parameters))

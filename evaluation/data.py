@@ -8,6 +8,10 @@ and parameters, the same for PyTorch, offline ONNX and the server) and the scori
 - tag: each sentence's words joined by spaces, `aggregation_strategy: none` and no ignored labels,
   so that every token comes back with its label; a word takes the label of its first sub-token (as
   the tagger was trained), scored with seqeval.
+- rerank: each query with its passages (`{"query", "documents"}`), answered with one score per
+  passage in their order, scored with MRR@10, nDCG@10 and MAP (`toolchain.metrics.ranking_metrics`);
+  queries without a relevant passage are left out (no order of theirs is better than another), and
+  every variant cuts a pair to the same window (`max_seq_len`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from toolchain import metrics
 from toolchain.classification import Columns, LabelSpace, read_examples
 from toolchain.errors import DataError, where
+from toolchain.ranking import RankingColumns, group_by_query, read_judgements
 from toolchain.readers import read_conll, read_squad
 
 DEFAULT_QA_SEQ_LEN = 384
@@ -35,6 +40,9 @@ class ModelInfo:
     labels: tuple[str, ...]
     problem_type: str | None
     max_seq_len: int
+    # rerank: the scoring rule (see server.core.manifest.Manifest); None where a backend does not say.
+    score_activation: str | None = None
+    relevant_label: str | None = None
 
 
 @dataclass
@@ -154,6 +162,25 @@ def _tag(path: Path, info: ModelInfo) -> EvalSet:
     )
 
 
+def _rerank(path: Path, info: ModelInfo, columns: RankingColumns) -> EvalSet:
+    groups = [g for g in group_by_query(read_judgements(path, columns)) if g.has_relevant]
+    if not groups:
+        raise DataError(f"{path}: no query has a relevant passage (relevance above 0): nothing to rank")
+
+    def score(answers: list[Any]) -> dict[str, float]:
+        return metrics.ranking_metrics([(s, g.relevances) for g, s in zip(groups, answers, strict=True)])
+
+    return EvalSet(
+        "rerank",
+        path,
+        sha256_of(path),
+        [{"query": g.query, "documents": list(g.passages)} for g in groups],
+        {"max_seq_len": info.max_seq_len},
+        score,
+        metrics.primary_metric("rerank"),
+    )
+
+
 def load(
     task: str,
     path: Path,
@@ -163,6 +190,7 @@ def load(
     label_separator: str = ",",
     impossible: bool | None = None,
     max_answer_len: int = 30,
+    ranking: RankingColumns | None = None,
 ) -> EvalSet:
     if info.task != task:
         raise DataError(f"the model serves {info.task}, not {task}")
@@ -172,4 +200,6 @@ def load(
         return _qa(Path(path), info, impossible, max_answer_len)
     if task == "tag":
         return _tag(Path(path), info)
-    raise DataError(f"unknown task {task!r}: choose classify, qa or tag")
+    if task == "rerank":
+        return _rerank(Path(path), info, ranking or RankingColumns())
+    raise DataError(f"unknown task {task!r}: choose classify, qa, tag or rerank")

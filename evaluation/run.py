@@ -92,10 +92,25 @@ def check_same_model(infos: dict[str, ModelInfo]) -> ModelInfo:
                 f"{name} is not the same model as {names[0]}: task {other.task} labels {list(other.labels)} "
                 f"vs task {first.task} labels {list(first.labels)}"
             )
+    # A two-logit reranker scores one label's probability: every variant the same one. (The activation
+    # of a one-logit head is monotonic: the rankings, and so the metrics, do not depend on it.)
+    relevant = {name: i.relevant_label for name, i in infos.items() if i.relevant_label is not None}
+    if len(set(relevant.values())) > 1:
+        raise ValueError(
+            "the variants score different labels' probabilities: "
+            + ", ".join(f"{name} {label!r}" for name, label in relevant.items())
+        )
     # Every variant decodes with the same window length: the shortest any of them takes.
     # The problem type from the first that knows it (the gRPC API does not describe it).
     problem_type = next((i.problem_type for i in infos.values() if i.problem_type), None)
-    return ModelInfo(first.task, first.labels, problem_type, min(i.max_seq_len for i in infos.values()))
+    return ModelInfo(
+        first.task,
+        first.labels,
+        problem_type,
+        min(i.max_seq_len for i in infos.values()),
+        next((i.score_activation for i in infos.values() if i.score_activation), None),
+        next(iter(relevant.values()), None),
+    )
 
 
 def score(backend: Backend, eval_set: EvalSet, batch_size: int = 16) -> VariantScore:

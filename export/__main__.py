@@ -8,6 +8,7 @@ from pathlib import Path
 
 from toolchain.classification import Columns
 from toolchain.errors import DataError, ExportError
+from toolchain.ranking import RankingColumns
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="Hugging Face model id or local checkpoint directory")
     parser.add_argument("--output", required=True, type=Path, help="model repository directory to write into")
     parser.add_argument("--name", help="model name in the repository (default: derived from --model)")
-    parser.add_argument("--task", default="auto", help="auto|discriminate|classify|qa|tag (default: auto)")
+    parser.add_argument(
+        "--task",
+        default="auto",
+        help="auto|discriminate|classify|qa|tag|rerank (default: auto, from the architecture; a one-logit sequence "
+        "classifier that sentence-transformers saved as a CrossEncoder is rerank, any other stays classify)",
+    )
     parser.add_argument(
         "--precision", help="comma list of fp32,fp16,int8 (default: fp32,fp16; --demo: all three; --prune: required)"
     )
@@ -30,13 +36,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep only the --precision variants of every model already in --output (files and manifest entries)",
     )
-    evaluation = parser.add_argument_group("evaluation (classify, qa, tag)")
+    rerank = parser.add_argument_group(
+        "rerank (a cross-encoder)",
+        "One logit: the score is sigmoid(logit) or the logit itself, as the checkpoint's CrossEncoder activation "
+        "says (config_sentence_transformers.json, or config.json's sentence_transformers.activation_fn or "
+        "sbert_ce_default_activation_function), sigmoid when it says none (CrossEncoder's default). Two logits: "
+        "the softmax probability of the relevant label.",
+    )
+    rerank.add_argument(
+        "--relevant-label",
+        metavar="NAME",
+        help="two logits: the label (name, or index) whose probability is the score; default: the label named "
+        "'relevant' (any case) if there is one, else label 1 (the positive class of 0/1 training labels)",
+    )
+    rerank.add_argument(
+        "--score-activation",
+        choices=("sigmoid", "identity", "softmax"),
+        help="override the checkpoint's: sigmoid or identity for one logit; softmax (the only choice) for two",
+    )
+    evaluation = parser.add_argument_group("evaluation (classify, qa, tag, rerank)")
     evaluation.add_argument(
         "--eval-file", type=Path, help="score every variant on this labelled file and record it in the manifest"
     )
     evaluation.add_argument("--text-column", default="text", help="classify: default text")
     evaluation.add_argument("--text-pair-column", help="classify: second text of a pair")
-    evaluation.add_argument("--label-column", default="label", help="classify: label names or ids; default label")
+    evaluation.add_argument(
+        "--label-column", default="label", help="classify: label names or ids; rerank: the relevance; default label"
+    )
+    evaluation.add_argument("--query-column", default="query", help="rerank: default query")
+    evaluation.add_argument("--passage-column", default="passage", help="rerank: default passage")
     evaluation.add_argument("--label-separator", default=",", help="classify: between multi-label labels")
     evaluation.add_argument(
         "--eval-max-drop", type=float, help="fail the export when a variant falls this many points below PyTorch"
@@ -79,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                 Columns(args.text_column, args.text_pair_column, args.label_column),
                 args.label_separator,
                 max_drop=args.eval_max_drop,
+                ranking=RankingColumns(args.query_column, args.passage_column, args.label_column),
             )
         manifest, warnings = export_checkpoint(
             args.model,
@@ -90,9 +119,14 @@ def main(argv: list[str] | None = None) -> int:
             revision=args.revision,
             quiet=args.quiet,
             evaluation=evaluation,
+            relevant_label=args.relevant_label,
+            score_activation=args.score_activation,
         )
         for warning in warnings:
             print(f"warning: {warning}", file=sys.stderr)
+        if manifest.task == "rerank":
+            rule = manifest.score_activation + (f" of {manifest.relevant_label}" if manifest.relevant_label else "")
+            print(f"{manifest.name}: rerank, score {rule}")
         for precision, variant in manifest.variants.items():
             print(
                 f"{manifest.name} {precision}: {variant.file} max_abs_error={variant.parity.max_abs_error:.3g} "

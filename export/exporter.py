@@ -86,17 +86,21 @@ def export_checkpoint(
     deterministic: bool = False,
     quiet: bool = False,
     evaluation: EvalRequest | None = None,
+    relevant_label: str | None = None,
+    score_activation: str | None = None,
 ) -> tuple[Manifest, list[str]]:
     """Export `model` into `output/<name>`. Returns the manifest and any warnings; raises ExportError
     (and DataError for an unusable evaluation file).
 
     evaluation: score the variants on a labelled file before publishing and record it in the manifest.
+    relevant_label, score_activation: a reranker's scoring rule, when not the checkpoint's (see
+    `toolchain.checkpoint.rerank_head`).
     """
     name = name or default_name(model)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
         raise ExportError(f"invalid model name '{name}': use letters, digits, '.', '_' and '-'")
     progress = Progress(name, quiet)
-    checkpoint = ckpt.resolve(model, task, revision)
+    checkpoint = ckpt.resolve(model, task, revision, relevant_label=relevant_label, score_activation=score_activation)
     limit = checkpoint.max_position_embeddings
     max_seq_len = max_seq_len or limit
     if not 2 <= max_seq_len <= limit:
@@ -107,7 +111,10 @@ def export_checkpoint(
         check_request(
             evaluation, checkpoint.task, ckpt.labels_of(checkpoint), ckpt.problem_type_of(checkpoint), max_seq_len
         )
-    progress(f"loading {checkpoint.architecture} ({checkpoint.task})")
+    described = f", score {checkpoint.score_activation}" if checkpoint.task == "rerank" else ""
+    if checkpoint.relevant_label is not None:
+        described += f" of {checkpoint.relevant_label}"
+    progress(f"loading {checkpoint.architecture} ({checkpoint.task}{described})")
     if deterministic:
         import torch  # heavy (the export extra): not loaded by importing this module
 
@@ -125,7 +132,7 @@ def export_checkpoint(
         progress("exporting ONNX (optimum)")
         raw = onnx_export.export_fp32(torch_model, checkpoint.task, staging / "raw")
         progress("building parity probes and the PyTorch reference")
-        rows = parity.build_probes(tokenizer, max_seq_len)
+        rows = parity.build_probes(tokenizer, max_seq_len, pairs_only=checkpoint.task == "rerank")
         pad_id = tokenizer.pad_token_id or 0
         reference = parity.torch_reference(torch_model, checkpoint.task, rows, pad_id)
         variants: dict[str, Variant] = {}
@@ -180,6 +187,8 @@ def export_checkpoint(
             max_seq_len=max_seq_len,
             labels=ckpt.labels_of(checkpoint),
             problem_type=problem_type,
+            score_activation=checkpoint.score_activation,
+            relevant_label=checkpoint.relevant_label,
             tokenizer="tokenizer.json",
             tokenizer_sha256=sha256_of(staging / "tokenizer.json"),
             do_lower_case=bool(getattr(tokenizer, "do_lower_case", True)),

@@ -17,6 +17,7 @@ OPSET = 18
 OPTIMUM_TASK = {
     "discriminate": "token-classification",
     "classify": "text-classification",
+    "rerank": "text-classification",  # a cross-encoder is a sequence classifier: the same graph
     "qa": "question-answering",
     "tag": "token-classification",
 }

@@ -57,13 +57,34 @@ def probe_lengths(max_seq_len: int) -> list[int]:
     return sorted(n for n in lengths if 1 <= n <= max_seq_len)
 
 
-def build_probes(tokenizer, max_seq_len: int) -> list[tuple[list[int], list[int]]]:
-    """(input_ids, token_type_ids) rows: texts, pairs, accents, CJK, emoji, and lengths 1..max_seq_len."""
+def build_probes(tokenizer, max_seq_len: int, pairs_only: bool = False) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, token_type_ids) rows: texts, pairs, accents, CJK, emoji, and lengths 1..max_seq_len.
+
+    pairs_only (rerank: a cross-encoder only ever sees a query and a document): every text a
+    document after a query, lengths 3..max_seq_len with the document cut (`only_second`)."""
     rows: list[tuple[list[int], list[int]]] = []
 
     def add(encoding) -> None:
         rows.append((list(encoding["input_ids"]), list(encoding["token_type_ids"])))
 
+    if pairs_only:
+
+        def add_pair(query: str, document: str, **options) -> None:
+            # A batch of one: transformers takes an empty second text alone for no pair at all.
+            encoding = tokenizer([(query, document)], **{"max_length": max_seq_len, **options})
+            rows.append((list(encoding["input_ids"][0]), list(encoding["token_type_ids"][0])))
+
+        queries = [question for question, _ in PROBE_PAIRS]
+        for i, text in enumerate(PROBE_TEXTS):
+            add_pair(queries[i % len(queries)], text, truncation="longest_first")
+        for question, context in PROBE_PAIRS:
+            add_pair(question, context, truncation="longest_first")
+        for length in probe_lengths(max_seq_len):
+            if length >= 3:  # from [CLS] [SEP] [SEP]: the shortest pair, an empty query and document
+                add_pair("", LONG_TEXT, truncation="only_second", max_length=length)
+            if length >= 16:
+                add_pair(PROBE_PAIRS[0][0], LONG_TEXT, truncation="only_second", max_length=length)
+        return rows
     for text in PROBE_TEXTS:
         add(tokenizer(text, truncation=True, max_length=max_seq_len))
     for question, context in PROBE_PAIRS:
@@ -109,8 +130,11 @@ def torch_reference(model, task: str, rows, pad_id: int) -> list[dict[str, np.nd
 
 
 def _decisions(task: str, name: str, values: np.ndarray, problem_type: str | None) -> np.ndarray:
-    """What a user would read off the outputs: the arg-max label, or the sign of a sigmoid logit."""
+    """What a user would read off the outputs: the arg-max label, or the sign of a sigmoid logit
+    (a one-logit reranker's: relevant, its sigmoid score above 0.5, or not)."""
     if task == "discriminate" or (task == "classify" and problem_type in ("multi_label_classification", "regression")):
+        return values > 0
+    if task == "rerank" and values.shape[-1] == 1:
         return values > 0
     return values.argmax(axis=-1)
 
@@ -141,11 +165,12 @@ def check_variant(
             )
         )
         lengths = mask.sum(axis=1)
+        pooled = task in ("classify", "rerank")  # one vector per row, no sequence axis
         for name in OUTPUT_NAMES[task]:
             for i, length in enumerate(lengths):
                 # Padded positions are undefined in both; compare what a client would receive.
-                want = expected[name][i] if task == "classify" else expected[name][i][:length]
-                have = got[name][i] if task == "classify" else got[name][i][:length]
+                want = expected[name][i] if pooled else expected[name][i][:length]
+                have = got[name][i] if pooled else got[name][i][:length]
                 max_error = max(max_error, float(np.abs(have.astype(np.float64) - want).max(initial=0.0)))
                 if task == "qa":
                     agree += int(have.argmax() == want.argmax())

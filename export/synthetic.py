@@ -3,6 +3,10 @@
 They are saved exactly as a fine-tuned Hugging Face checkpoint would be (config.json,
 model.safetensors, tokenizer files), so the exporter and the tests load them through the
 same code path as `google/electra-large-discriminator` or any head fine-tuned from it.
+
+A `rerank` checkpoint is a sequence classifier (one logit unless `labels` says otherwise) that
+carries sentence-transformers' CrossEncoder mark (config.json's `sentence_transformers.activation_fn`,
+as sentence-transformers 4.x and 5.x save it), as the ms-marco cross-encoders do.
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from toolchain.ranking import IDENTITY_FN, SIGMOID_FN
+
 CONLL_LABELS = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
 
 ARCHITECTURES = {
     "discriminate": "ElectraForPreTraining",
     "classify": "ElectraForSequenceClassification",
+    "rerank": "ElectraForSequenceClassification",
     "qa": "ElectraForQuestionAnswering",
     "tag": "ElectraForTokenClassification",
     "generator": "ElectraForMaskedLM",
@@ -53,9 +60,13 @@ def make_checkpoint(
     seed: int = 0,
     labels: list[str] | None = None,
     problem_type: str | None = None,
+    activation: str | None = None,
     **shape: Any,
 ) -> Path:
-    """Write a randomly initialised (seeded) ELECTRA checkpoint for `task` into `out_dir`."""
+    """Write a randomly initialised (seeded) ELECTRA checkpoint for `task` into `out_dir`.
+
+    activation (rerank): the CrossEncoder's, sigmoid or identity; default: sigmoid for one logit
+    (CrossEncoder's default), identity for two."""
     import torch
     import transformers
     from transformers import ElectraConfig
@@ -63,6 +74,8 @@ def make_checkpoint(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config_kwargs = {**SMALL_SHAPE, **shape}
+    if task == "rerank" and labels is None:
+        labels = ["LABEL_0"]
     if labels is not None:
         config_kwargs["id2label"] = dict(enumerate(labels))
         config_kwargs["label2id"] = {label: i for i, label in enumerate(labels)}
@@ -71,6 +84,10 @@ def make_checkpoint(
     config = ElectraConfig(**config_kwargs)
     architecture = ARCHITECTURES[task]
     config.architectures = [architecture]
+    if task == "rerank":
+        activation = activation or ("sigmoid" if len(labels or ()) == 1 else "identity")
+        classes = {"sigmoid": SIGMOID_FN, "identity": IDENTITY_FN}
+        config.sentence_transformers = {"activation_fn": classes[activation], "version": "4.1.0"}
     torch.manual_seed(seed)
     model = getattr(transformers, architecture)(config).eval()
     model.save_pretrained(str(out_dir), safe_serialization=True)

@@ -1,4 +1,4 @@
-"""electra-finetune: fine-tune an ELECTRA discriminator for classify, qa or tag on local files.
+"""electra-finetune: fine-tune an ELECTRA discriminator for classify, qa, tag or rerank on local files.
 
 Exit codes: 0 done, 2 unusable data or options (one line on stderr), 1 any other failure
 (the checkpoint, the training or the export).
@@ -14,6 +14,7 @@ from finetune.run import TASKS, FinetuneArgs, finetune
 from finetune.train import TrainOptions
 from toolchain.classification import PROBLEM_TYPES, Columns
 from toolchain.errors import DataError, ExportError
+from toolchain.ranking import RankingColumns
 
 PROG = "electra-finetune"
 
@@ -23,12 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description=(
             "Fine-tune an ELECTRA discriminator checkpoint (hub id or directory; PyTorch, TensorFlow or Flax "
-            "weights) for classification, question answering or tagging, into a checkpoint directory that "
-            "electra-export takes unchanged."
+            "weights) for classification, question answering, tagging or reranking (a cross-encoder), into a "
+            "checkpoint directory that electra-export takes unchanged."
         ),
     )
     parser.add_argument(
-        "--task", required=True, choices=TASKS, help="classify (CSV/TSV/JSON lines), qa (SQuAD JSON), tag (CoNLL)"
+        "--task",
+        required=True,
+        choices=TASKS,
+        help="classify (CSV/TSV/JSON lines), qa (SQuAD JSON), tag (CoNLL), rerank (CSV/TSV/JSON lines of "
+        "query, passage, relevance)",
     )
     parser.add_argument("--model", required=True, help="the checkpoint to start from: hub id or directory")
     parser.add_argument("--revision", help="hub revision of --model")
@@ -38,12 +43,23 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("data (classify)")
     data.add_argument("--text-column", default="text", help="default: text")
     data.add_argument("--text-pair-column", help="second text of a pair (GLUE: sentence2)")
-    data.add_argument("--label-column", default="label", help="label names or ids; default: label")
+    data.add_argument(
+        "--label-column", default="label", help="label names or ids (rerank: the relevance); default: label"
+    )
     data.add_argument("--labels", help="comma list fixing the label set and its order (classify, tag)")
     data.add_argument(
         "--problem-type", default="auto", choices=("auto", *PROBLEM_TYPES), help="default: detected from the labels"
     )
     data.add_argument("--label-separator", default=",", help="between the labels of a multi-label cell (CSV/TSV)")
+    ranking = parser.add_argument_group(
+        "data (rerank)",
+        "(query, passage, relevance) rows, the relevance 0/1 or a grade (0-3...): a one-logit cross-encoder is "
+        "trained with binary cross-entropy on the relevance divided by the top grade (0/1 labels as they are), "
+        "saved as a sentence-transformers CrossEncoder with a sigmoid activation (electra-export: rerank). "
+        "Validation: nDCG@10 (the best checkpoint's), MRR@10 and MAP of each query's passages.",
+    )
+    ranking.add_argument("--query-column", default="query", help="default: query")
+    ranking.add_argument("--passage-column", default="passage", help="default: passage")
     lengths = parser.add_argument_group("lengths")
     lengths.add_argument("--max-seq-len", type=int, help="tokens per row (default: the model's; qa: 384)")
     lengths.add_argument("--doc-stride", type=int, help="qa: context tokens shared by windows (default 128)")
@@ -101,6 +117,7 @@ def _args(ns: argparse.Namespace) -> FinetuneArgs:
         validation_file=ns.validation_file,
         output=ns.output,
         columns=Columns(ns.text_column, ns.text_pair_column, ns.label_column),
+        ranking=RankingColumns(ns.query_column, ns.passage_column, ns.label_column),
         labels=[label.strip() for label in ns.labels.split(",")] if ns.labels else None,
         problem_type=ns.problem_type,
         label_separator=ns.label_separator,
@@ -136,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.export is not None:
             # The validation file scores every exported variant into the manifest.
             evaluation = (
-                EvalRequest(ns.validation_file, _args(ns).columns, ns.label_separator, max_answer_len=ns.max_answer_len)
+                EvalRequest(
+                    ns.validation_file,
+                    _args(ns).columns,
+                    ns.label_separator,
+                    max_answer_len=ns.max_answer_len,
+                    ranking=_args(ns).ranking,
+                )
                 if ns.validation_file
                 else None
             )

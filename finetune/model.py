@@ -11,6 +11,7 @@ from toolchain.frameworks import from_pretrained
 
 ARCHITECTURES = {
     "classify": "ElectraForSequenceClassification",
+    "rerank": "ElectraForSequenceClassification",  # a one-logit cross-encoder
     "qa": "ElectraForQuestionAnswering",
     "tag": "ElectraForTokenClassification",
     "discriminate": "ElectraForPreTraining",

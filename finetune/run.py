@@ -12,28 +12,30 @@ from typing import Any
 
 import numpy as np
 
-from finetune import classify, discriminate, qa, tag
+from finetune import classify, discriminate, qa, rerank, tag
 from finetune.model import base_checkpoint, base_label_names, load_model
 from finetune.train import TrainOptions, train
 from toolchain.checkpoint import load_tokenizer
 from toolchain.classification import Columns, LabelSpace, read_examples
 from toolchain.errors import DataError
 from toolchain.metrics import classification_metrics, primary_metric
+from toolchain.ranking import RankingColumns, group_by_query, read_judgements, target_scale
 from toolchain.readers import read_squad
 
-TASKS = ("classify", "qa", "tag")
+TASKS = ("classify", "qa", "tag", "rerank")
 DEFAULT_QA_SEQ_LEN = 384
 DEFAULT_DOC_STRIDE = 128
 
 
 @dataclass
 class FinetuneArgs:
-    task: str  # classify | qa | tag (discriminate: replaced-token detection, used to build the demo)
+    task: str  # classify | qa | tag | rerank (discriminate: replaced-token detection, used to build the demo)
     model: str
     train_file: Path
     output: Path
     validation_file: Path | None = None
     columns: Columns = field(default_factory=Columns)
+    ranking: RankingColumns = field(default_factory=RankingColumns)  # rerank's columns
     labels: list[str] | None = None
     problem_type: str = "auto"
     label_separator: str = ","
@@ -66,6 +68,8 @@ class _Prepared:
     compute_metrics: Any
     metric: str | None
     counts: tuple[int, int]
+    compute_loss: Any = None  # the Trainer's compute_loss_func, when not the head's own loss
+    record: dict[str, Any] = field(default_factory=dict)  # task details for finetune.json
 
 
 def _read(args: FinetuneArgs, base_names: list[str] | None) -> tuple[Any, Any, Any]:
@@ -90,6 +94,12 @@ def _read(args: FinetuneArgs, base_names: list[str] | None) -> tuple[Any, Any, A
         train_set, names = tag.read_sentences(args.train_file, labels=args.labels, base_names=base_names)
         validation = tag.read_sentences(args.validation_file, names)[0] if args.validation_file else None
         return train_set, validation, names
+    if args.task == "rerank":
+        train_set = read_judgements(args.train_file, args.ranking)
+        validation = read_judgements(args.validation_file, args.ranking) if args.validation_file else None
+        if validation is not None and not any(g.has_relevant for g in group_by_query(validation)):
+            raise DataError(f"{args.validation_file}: no query has a relevant passage: nothing to rank")
+        return train_set, validation, target_scale(args.train_file, train_set)
     if args.task == "discriminate":
         validation = discriminate.read_sentences(args.validation_file) if args.validation_file else None
         return discriminate.read_sentences(args.train_file), validation, list(discriminate.TAGS)
@@ -138,6 +148,20 @@ def _prepare(args: FinetuneArgs, tokenizer: Any, max_positions: int, base_names:
             metric,
             "f1",
             (len(train_set), len(validation[0]) if validation else 0),
+        )
+    if args.task == "rerank":
+        scale: float = labels
+        return _Prepared(
+            dict(rerank.LABEL_CONFIG),
+            [],
+            rerank.features(train_set, tokenizer, max_len, scale),
+            rerank.features(validation, tokenizer, max_len, scale) if validation else None,
+            DataCollatorWithPadding(tokenizer),
+            rerank.metric_function(validation) if validation else None,
+            primary_metric("rerank"),
+            (len(train_set), len(validation or [])),
+            rerank.bce_loss,
+            {"relevance_scale": scale, "score_activation": "sigmoid"},
         )
     if args.task == "tag":
         names: list[str] = labels
@@ -220,6 +244,7 @@ def finetune(args: FinetuneArgs) -> FinetuneResult:
         prepared.metric,
         args.options,
         args.output,
+        prepared.compute_loss,
     )
     result = FinetuneResult(
         Path(args.output), args.task, train_count, validation_count, prepared.labels, prepared.metric, metrics
@@ -234,6 +259,7 @@ def finetune(args: FinetuneArgs) -> FinetuneResult:
         "metric": prepared.metric,
         "metrics": metrics,
         "options": asdict(args.options),
+        **prepared.record,
     }
     (Path(args.output) / "finetune.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return result

@@ -1,7 +1,8 @@
 """Small synthetic labelled sets, written from a seed, that a model can learn in a few hundred steps:
 sentiment words (classify), a question word pointing at one slot of a sentence (qa, with
-unanswerable questions), names / places / organisations in context (tag) and replaced words
-(replaced-token detection). The demo models are fine-tuned on them, and the tests use them.
+unanswerable questions), names / places / organisations in context (tag), replaced words
+(replaced-token detection) and queries with the passages that share their words (rerank). The demo
+models are fine-tuned on them, and the tests use them.
 
 The vocabulary is fixed so that the README's examples ("Great film!", "Who?" in "Clark proposed
 ELECTRA.", "Ada Lovelace lived in London", "the chef ate the meal") are in the sets' world.
@@ -266,3 +267,62 @@ def replaced(count: int, seed: int, vocab: list[str], rate: float = 0.15) -> lis
                     tokens[i], tags[i] = rng.choice(words), "R"
         sentences.append((tokens, tags))
     return sentences
+
+
+# ------------------------------------------------------------------ reranking (query, passage, relevance)
+
+# A query names a thing and a place; a passage is a fact about a thing and a place, relevant (2)
+# when it names both, partly (1) when it names one of them, not (0) when it names neither.
+_RANK_QUERIES = (
+    "{thing} {place}",
+    "{thing} in {place}",
+    "who {verb} {thing} in {place}?",
+    "where was {thing} {verb}? {place}",
+    "{place}: {thing}",
+    "what happened to {thing} in {place}?",
+)
+
+
+def _bare(thing: str) -> str:
+    """A thing as a query words it: without its article."""
+    return thing.split(" ", 1)[1] if thing.split(" ", 1)[0] in ("the", "a") else thing
+
+
+def _fact(rng: random.Random, thing: str, place: str) -> str:
+    year = f" in {rng.choice(YEARS)}" if rng.random() < 0.3 else ""
+    return _capitalised(f"{person(rng)} {rng.choice(VERBS)} {thing} in {place}{year}.", rng)
+
+
+def ranking(queries: int, seed: int, passages: int = 8, graded: bool = True) -> list[dict[str, Any]]:
+    """Rows {"query", "passage", "label"}, `passages` per query (at least 4), each query's rows
+    together in a shuffled order. Per query: one or two passages naming its thing and its place
+    (label 2), one naming only its thing and one only its place (1), the rest neither (0). Binary
+    labels (graded=False): 1 for the first kind, 0 for the others (the partial ones are hard negatives).
+
+    Every query's text is distinct (a reranking file groups its rows by the query's text)."""
+    if passages < 4:
+        raise ValueError("a query needs at least 4 passages: relevant, two partial, one unrelated")
+    possible = len(THINGS) * len(PLACES) * len(_RANK_QUERIES)
+    if queries > possible:
+        raise ValueError(f"at most {possible} distinct queries in this world, not {queries}")
+    rng = random.Random(seed)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(seen) < queries:
+        thing, place = rng.choice(THINGS), rng.choice(PLACES)
+        text = rng.choice(_RANK_QUERIES).format(thing=_bare(thing), place=place, verb=rng.choice(VERBS)).lower()
+        if text in seen:
+            continue
+        seen.add(text)
+        other_things = [t for t in THINGS if t != thing]
+        other_places = [p for p in PLACES if p != place]
+        group = [(_fact(rng, thing, place), 2) for _ in range(1 + (rng.random() < 0.3))]
+        group.append((_fact(rng, thing, rng.choice(other_places)), 1))
+        group.append((_fact(rng, rng.choice(other_things), place), 1))
+        while len(group) < passages:
+            group.append((_fact(rng, rng.choice(other_things), rng.choice(other_places)), 0))
+        rng.shuffle(group)
+        for passage, grade in group:
+            label = grade if graded else int(grade == 2)
+            rows.append({"query": text, "passage": passage, "label": label})
+    return rows

@@ -60,9 +60,13 @@ def train(
     metric: str | None,
     options: TrainOptions,
     output: Path,
+    compute_loss: Callable[..., Any] | None = None,
 ) -> dict[str, float]:
     """Train `model` and save it (with its tokenizer) into `output`. Returns the final validation
-    metrics (of the best checkpoint when early stopping), {} without a validation set."""
+    metrics (of the best checkpoint when early stopping), {} without a validation set.
+
+    compute_loss: the Trainer's `compute_loss_func` (outputs, labels, num_items_in_batch) in place of
+    the head's own loss (rerank: BCE on one logit)."""
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
     from transformers.utils import logging as hf_logging
@@ -121,6 +125,7 @@ def train(
             eval_dataset=_Rows(validation_rows) if evaluate else None,
             data_collator=collator,
             compute_metrics=compute_metrics if evaluate else None,
+            compute_loss_func=compute_loss,
             callbacks=callbacks,
         )
         if options.quiet:

@@ -9,6 +9,9 @@
   split into HasAns / NoAns.
 - tagging: seqeval's entity-level F1 (CoNLL evaluation: an entity counts when its type and span
   both match), precision and recall, plus token accuracy.
+- reranking: MRR@10, nDCG@10 and MAP over queries, each query's candidates ordered by the model's
+  scores (trec_eval's definitions: nDCG's gain is the graded relevance itself, a candidate counts as
+  relevant for MRR and MAP when its relevance is above 0).
 
 Every function takes plain Python lists; the heavy libraries are imported when a metric is computed,
 so that importing this module (the fine-tuning and evaluation code do) stays cheap.
@@ -16,6 +19,7 @@ so that importing this module (the fine-tuning and evaluation code do) stays che
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
@@ -29,6 +33,7 @@ PRIMARY = {
     "regression": "pearson",
     "qa": "f1",
     "tag": "f1",
+    "rerank": "ndcg@10",
 }
 
 
@@ -165,4 +170,56 @@ def tagging_metrics(predictions: Sequence[Sequence[str]], references: Sequence[S
         "precision": _points(precision_score(ref, pred, zero_division=0)),
         "recall": _points(recall_score(ref, pred, zero_division=0)),
         "accuracy": _points(accuracy_score(ref, pred)),
+    }
+
+
+# ------------------------------------------------------------------ reranking
+
+
+def _ranked(scores: Sequence[float], relevances: Sequence[float]) -> list[float]:
+    """The relevances in the order the scores rank them, best first. Equal scores rank the less
+    relevant candidate first (pessimistic ties): a model that scores everything alike earns what a
+    worst-case order would, never the order the file happens to list them in."""
+    order = sorted(range(len(scores)), key=lambda i: (-float(scores[i]), float(relevances[i])))
+    return [float(relevances[i]) for i in order]
+
+
+def reciprocal_rank(ranked: Sequence[float], k: int = 10) -> float:
+    return next((1.0 / (i + 1) for i, rel in enumerate(ranked[:k]) if rel > 0), 0.0)
+
+
+def ndcg(ranked: Sequence[float], k: int = 10) -> float:
+    def dcg(gains: Sequence[float]) -> float:
+        return sum(g / math.log2(i + 2) for i, g in enumerate(gains[:k]))
+
+    ideal = dcg(sorted(ranked, reverse=True))
+    return dcg(ranked) / ideal if ideal > 0 else 0.0
+
+
+def average_precision(ranked: Sequence[float]) -> float:
+    hits, total = 0, 0.0
+    for i, rel in enumerate(ranked):
+        if rel > 0:
+            hits += 1
+            total += hits / (i + 1)
+    return total / hits if hits else 0.0
+
+
+def ranking_metrics(queries: Sequence[tuple[Sequence[float], Sequence[float]]], k: int = 10) -> dict[str, float]:
+    """Each query as (the model's scores, the relevances) of its candidates, in the same order ->
+    mrr@k, ndcg@k and map in points, averaged over the queries with at least one relevant candidate
+    (a query without any cannot be ranked well or badly: MS MARCO's and BEIR's evaluations skip them)."""
+    judged = []
+    for scores, relevances in queries:
+        if len(scores) != len(relevances):
+            raise ValueError(f"{len(scores)} scores for {len(relevances)} candidates")
+        if any(float(r) > 0 for r in relevances):
+            judged.append(_ranked(scores, relevances))
+    if not judged:
+        raise ValueError("no query has a relevant candidate: nothing to score")
+    n = len(judged)
+    return {
+        f"mrr@{k}": _points(sum(reciprocal_rank(r, k) for r in judged) / n),
+        f"ndcg@{k}": _points(sum(ndcg(r, k) for r in judged) / n),
+        "map": _points(sum(average_precision(r) for r in judged) / n),
     }
