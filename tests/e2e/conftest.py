@@ -25,7 +25,8 @@ def served_repository(
     Names: demo-classify, demo-discriminator, demo-qa, demo-tag, and
     cls3 (3 labels), multilabel (multi-label head, 4 labels), qa-short (max_seq_len 64: long
     contexts need many windows), tag5 (5 labels, max_position_embeddings 48), disc-short
-    (discriminator, max_position_embeddings 40).
+    (discriminator, max_position_embeddings 40), ranker (a CrossEncoder, one logit with a sigmoid,
+    max_position_embeddings 48: long documents need windows).
     """
     repository = tmp_path_factory.mktemp("served")
     for model_dir in demo_repository.iterdir():
@@ -39,6 +40,8 @@ def served_repository(
         "qa-short": export_model("qa", seed=33, max_position_embeddings=64),
         "tag5": export_model("tag", labels=["O", "B-A", "I-A", "B-B", "I-B"], seed=34, max_position_embeddings=48),
         "disc-short": export_model("discriminate", seed=35, max_position_embeddings=40),
+        # A sentence-transformers cross-encoder (sigmoid), detected as a reranker by the export.
+        "ranker": export_model("rerank", seed=36, max_position_embeddings=48),
     }
     for name, model_dir in extra.items():
         serve_as(model_dir, repository, name)

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.e2e.conftest import ServerProcess, start_server
 
 SERVED = ["cls3", "demo-classify", "demo-discriminator", "demo-qa", "demo-tag", "disc-short", "multilabel", "qa-short",
-          "tag5"]  # fmt: skip
+          "ranker", "tag5"]  # fmt: skip
 TIMING_HEADERS = ("x-total-time", "x-tokenization-time", "x-queue-time", "x-inference-time")
 LONG_TEXT = " ".join(["an unbelievably long sentence about photosynthesis"] * 40)  # ~ 240 tokens
 
@@ -120,8 +120,9 @@ def test_models_list(http: httpx.Client) -> None:
     assert {name: m["task"] for name, m in models.items()} == {
         "cls3": "classify", "demo-classify": "classify", "multilabel": "classify",
         "demo-discriminator": "discriminate", "disc-short": "discriminate",
-        "demo-qa": "qa", "qa-short": "qa", "demo-tag": "tag", "tag5": "tag",
+        "demo-qa": "qa", "qa-short": "qa", "demo-tag": "tag", "tag5": "tag", "ranker": "rerank",
     }  # fmt: skip
+    assert (models["ranker"]["score_activation"], models["ranker"]["relevant_label"]) == ("sigmoid", None)
     assert (models["qa-short"]["max_seq_len"], models["tag5"]["max_seq_len"], models["disc-short"]["max_seq_len"]) == (
         64, 48, 40,
     )  # fmt: skip

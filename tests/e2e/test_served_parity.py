@@ -38,6 +38,7 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any]]] = {
     "qa-short": ("qa", {"seed": 33, "max_position_embeddings": 64}),
     "tag5": ("tag", {"labels": ["O", "B-A", "I-A", "B-B", "I-B"], "seed": 34, "max_position_embeddings": 48}),
     "disc-short": ("discriminate", {"seed": 35, "max_position_embeddings": 40}),
+    "ranker": ("rerank", {"seed": 36, "max_position_embeddings": 48}),
 }
 
 SHORT_TEXTS = [
@@ -185,6 +186,69 @@ def test_classify_truncate_cuts_pairs_longest_first(http: httpx.Client, cls3_pip
     served = post(http, "/v1/classify", "cls3", inputs, {"truncate": True, "top_k": None})
     expected = plain(cls3_pipe(inputs, top_k=None, truncation=True))
     assert_close(served, expected, SCORE_TOLERANCE)
+
+
+# ------------------------------------------------------------------ rerank: sentence-transformers' CrossEncoder
+
+RERANK_QUERY = "Where was Marie Curie born?"
+RERANK_DOCUMENTS = [SHORT_TEXTS[0], "Marie Curie was born in Warsaw.", SHORT_TEXTS[2], "", SHORT_TEXTS[4], "Paris"]
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(checkpoint: Callable[[str], Path]) -> Any:
+    from sentence_transformers import CrossEncoder
+
+    return CrossEncoder(str(checkpoint("ranker")), device="cpu", max_length=48)
+
+
+def test_rerank_matches_cross_encoder(http: httpx.Client, server: ServerProcess, cross_encoder: Any) -> None:
+    pairs = [(RERANK_QUERY, d) for d in RERANK_DOCUMENTS]
+    scores = cross_encoder.predict(pairs)  # its sigmoid: what the export recorded
+    logits = cross_encoder.predict(pairs, activation_fn=lambda x: x)
+    expected_order = [int(i) for i in np.argsort(-scores, kind="stable")]
+    tei = http.post("/rerank", json={"query": RERANK_QUERY, "texts": RERANK_DOCUMENTS, "model": "ranker"})
+    assert tei.status_code == 200, tei.text
+    assert [e["index"] for e in tei.json()] == expected_order
+    for entry in tei.json():
+        assert abs(entry["score"] - float(scores[entry["index"]])) <= SCORE_TOLERANCE
+    raw = http.post("/rerank", json={"query": RERANK_QUERY, "texts": RERANK_DOCUMENTS, "raw_scores": True}).json()
+    for entry in raw:
+        assert abs(entry["score"] - float(logits[entry["index"]])) <= SCORE_TOLERANCE
+    cohere = http.post("/v2/rerank", json={"query": RERANK_QUERY, "documents": RERANK_DOCUMENTS, "top_n": 3}).json()
+    assert [r["index"] for r in cohere["results"]] == expected_order[:3]
+    # Typed gRPC gives the same numbers.
+    import grpc
+
+    from proto.electra.v1 import electra_pb2 as pb
+    from proto.electra.v1 import electra_pb2_grpc
+
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = electra_pb2_grpc.ElectraServiceStub(channel)
+        answer = stub.Rerank(pb.RerankRequest(query=RERANK_QUERY, documents=RERANK_DOCUMENTS), timeout=60)
+    assert [r.index for r in answer.results] == expected_order
+    for result in answer.results:
+        assert abs(result.raw_score - float(logits[result.index])) <= SCORE_TOLERANCE
+
+
+def test_rerank_truncate_cuts_as_the_cross_encoder_does(http: httpx.Client, cross_encoder: Any) -> None:
+    # CrossEncoder truncates a pair to its max_length longest first, as `truncate` does.
+    documents = [LONG_TEXT, MEDIUM_TEXT]
+    scores = cross_encoder.predict([(RERANK_QUERY, d) for d in documents])
+    body = {"query": RERANK_QUERY, "texts": documents, "truncate": True, "model": "ranker"}
+    served = {e["index"]: e["score"] for e in http.post("/rerank", json=body).json()}
+    assert all(abs(served[i] - float(scores[i])) <= SCORE_TOLERANCE for i in range(2)), (served, scores)
+
+
+def test_a_long_document_is_scored_by_its_windows(http: httpx.Client, cross_encoder: Any) -> None:
+    """Without `truncate` a document longer than the window is split (the query whole in each); its
+    max-aggregated score is the best window's, so never below the first window's (the cut one)."""
+    body = {"query": RERANK_QUERY, "texts": [LONG_TEXT], "model": "ranker", "raw_scores": True}
+    windowed = http.post("/rerank", json=body).json()[0]["score"]
+    first = http.post("/rerank", json={**body, "aggregation": "first"}).json()[0]["score"]
+    cut = http.post("/rerank", json={**body, "truncate": True}).json()[0]["score"]
+    assert windowed >= first - 1e-6 and abs(first - cut) <= SCORE_TOLERANCE
+    windows = http.post("/v1/rerank", json={"query": RERANK_QUERY, "documents": [LONG_TEXT]}).json()
+    assert windows["usage"]["total_tokens"] > 48
 
 
 # ------------------------------------------------------------------ zero-shot (cls3 is NLI-shaped)

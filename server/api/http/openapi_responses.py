@@ -157,6 +157,44 @@ class RerankOutput(RootModel[PairScore | list[PairScore]]):
     """One score per {query, document} pair (the generic route; the rerank routes rank them)."""
 
 
+class TeiRanked(BaseModel):
+    index: int = Field(description="the document's position in the request")
+    score: float = Field(description="the relevance score (the raw score with raw_scores)")
+    text: str | None = Field(None, description="the document, with return_text")
+
+
+class TeiRerank(RootModel[list[TeiRanked]]):
+    """text-embeddings-inference's answer: every document, best first."""
+
+
+class RerankDocument(BaseModel):
+    text: str
+
+
+class Ranked(BaseModel):
+    index: int = Field(description="the document's position in the request")
+    relevance_score: float
+    document: RerankDocument | None = Field(None, description="the document, with return_documents")
+
+
+class RerankUsage(BaseModel):
+    total_tokens: int
+
+
+class RerankResults(BaseModel):
+    """Jina's and Cohere's answer: at most top_n documents, best first."""
+
+    id: str = Field(description="the request's id")
+    model: str
+    results: list[Ranked]
+    usage: RerankUsage
+    meta: dict[str, Any]
+
+
+class AnyRerank(RootModel[TeiRerank | RerankResults]):
+    """/rerank: text-embeddings-inference's answer, or Jina's for a body with `documents`."""
+
+
 TASK_OUTPUTS: dict[str, type[RootModel[Any]]] = {
     "classify": ClassifyOutput,
     "qa": QaOutput,

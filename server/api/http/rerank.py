@@ -192,10 +192,65 @@ async def answer_rerank(
     return json_response(answer(result, rerank_call, call), headers=headers)
 
 
+_OPTIONS: dict[str, Any] = {
+    "model": {"type": "string"},
+    "truncate": {"type": "boolean"},
+    "truncation_direction": {"type": "string", "enum": ["Right", "Left", "right", "left"]},
+    "aggregation": {"type": "string", "enum": list(rerank.AGGREGATIONS)},
+    "stride": {"type": "integer", "minimum": 0},
+    "max_tokens_per_doc": {"type": "integer", "minimum": 1},
+}
+_TEXTS = {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": rerank.MAX_DOCUMENTS}
+_DOCUMENTS = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": rerank.MAX_DOCUMENTS,
+    "items": {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+        ]
+    },
+}
+_LISTED = {
+    "type": "object",
+    "required": ["query", "documents"],
+    "properties": {
+        **_OPTIONS,
+        "query": {"type": "string", "minLength": 1},
+        "documents": _DOCUMENTS,
+        "top_n": {"type": "integer", "minimum": 1},
+        "return_documents": {"type": "boolean"},
+    },
+}
+_TEI = {
+    "type": "object",
+    "required": ["query", "texts"],
+    "properties": {
+        **_OPTIONS,
+        "query": {"type": "string", "minLength": 1},
+        "texts": _TEXTS,
+        "raw_scores": {"type": "boolean"},
+        "return_text": {"type": "boolean"},
+    },
+}
+
+
+def request_body(path: str) -> dict[str, Any]:
+    """The OpenAPI request body of a rerank route."""
+    schema = {"anyOf": [_TEI, _LISTED]} if path == "/rerank" else _LISTED
+    example = {"query": "What is ELECTRA?", "documents": ["ELECTRA is a discriminator.", "A fruit."], "top_n": 1}
+    if path == "/rerank":
+        example = {"query": "What is ELECTRA?", "texts": ["ELECTRA is a discriminator.", "A fruit."]}
+    return {"required": True, "content": {"application/json": {"schema": schema, "example": example}}}
+
+
 def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
     router = APIRouter()
 
     def route(path: str, shape: Shape | None, summary: str) -> None:
+        answer_model: Any = {"/rerank": doc.AnyRerank, "/v1/rerank": doc.RerankResults}.get(path, doc.RerankResults)
+
         @hot
         async def endpoint(request: Request) -> Response:
             return await tracked(
@@ -208,8 +263,11 @@ def build_router(service: InferenceService, limits: HttpLimits) -> APIRouter:
             methods=["POST"],
             name=f"rerank{path.replace('/', '_')}",
             summary=summary,
-            openapi_extra={"parameters": [doc.TIMEOUT_PARAMETER]},
-            responses={**doc.errors(*doc.INFERENCE_ERRORS)},
+            openapi_extra={"requestBody": request_body(path), "parameters": [doc.TIMEOUT_PARAMETER]},
+            responses={
+                **doc.ok(answer_model, "The documents, best first", doc.TIMING_DOC),
+                **doc.errors(*doc.INFERENCE_ERRORS),
+            },
             tags=["rerank"],
         )
 
