@@ -150,7 +150,6 @@ class MirrorRegistry:
         self.owner_draining = False
         self.load_error: str | None = None
         self._table_seen = asyncio.Event()  # the owner's start-up ended (loaded or failed)
-        self._warmed = False
         self.epoch = -1
         self.stopping = False
 
@@ -162,9 +161,11 @@ class MirrorRegistry:
 
     @property
     def started(self) -> bool:
-        """The owner loaded its models, this worker warmed its tokenizers, and the owner is heard."""
+        """The owner loaded its models and is heard. (Not waiting for this worker's tokenizer warm-up:
+        workers share the ports, so a worker that listens but is not ready answers 503 to whatever
+        the kernel sends it, while another worker already reports the server ready.)"""
         heard = time.monotonic() - self.client.last_heard <= OWNER_SILENCE_S
-        return self.owner_loaded and self._warmed and heard
+        return self.owner_loaded and heard
 
     @property
     def heap_tuned(self) -> bool:
@@ -176,7 +177,6 @@ class MirrorRegistry:
         if self.load_error:
             raise RuntimeError(self.load_error)
         await asyncio.to_thread(warm)
-        self._warmed = True
 
     def in_repository(self, name: str) -> bool:
         return name in self.table.slots or name in scan(self.repository, self.default_policy)
